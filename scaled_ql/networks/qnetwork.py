@@ -1,0 +1,129 @@
+"""The multi-game Q-network of Scaled Q-Learning (Kumar et al. 2023, Fig. 3).
+
+observation [B, 84, 84, 4] uint8 -> encoder feature map [B, H, W, C]
+  -> learned spatial embedding: a (H, W, C, F) kernel multiplied with the map and summed over H
+     and W, giving C*F features (instead of global pooling, which discards where things are)
+  -> dense projection to D, ReLU (the "penultimate layer" of a DQN)
+  -> feature normalization: divided by its L2 norm (unit-norm shared features)
+  -> multi-game head: one linear layer per game, kept as ONE parameter [G, D, 18 * atoms] so that a
+     batch blocked by game is a single batched matmul. Logits come out as [B, 18, atoms] float32.
+
+The 18 action slots are indices into each game's minimal action set (see `scaled_ql.games`);
+slots past a game's action count are illegal and the losses and policies mask them. The network
+itself never masks: masking is where argmax / max / logsumexp / softmax is taken.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from scaled_ql.games import MAX_ACTIONS
+from scaled_ql.networks.encoders import make_encoder
+
+FRAME_SHAPE = (84, 84)
+STACK_SIZE = 4
+OBSERVATION_SHAPE = (*FRAME_SHAPE, STACK_SIZE)
+
+
+class QNetworkOutput(NamedTuple):
+  logits: jax.Array  # [B, MAX_ACTIONS, num_atoms] float32.
+  features: jax.Array  # [B, feature_dim] float32, unit L2 norm.
+
+
+def check_observation(observation, name: str = "observation") -> None:
+  """Raises a ValueError naming the field unless `observation` is uint8 [B, 84, 84, 4]."""
+  if observation.dtype != jnp.uint8:
+    raise ValueError(f"{name} must be uint8 frames (0..255), got dtype {observation.dtype}.")
+  if observation.ndim != 4 or tuple(observation.shape[1:]) != OBSERVATION_SHAPE:
+    raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, OBSERVATION_SHAPE))}] "
+                     f"(84x84 frames, {STACK_SIZE} stacked), got {tuple(observation.shape)}.")
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+class SpatialEmbedding(nn.Module):
+  """Learned spatial embedding: [B, H, W, C] -> [B, C * num_features]."""
+  num_features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h, w, c = x.shape[-3:]
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                            in_axis=(0, 1), out_axis=3, batch_axis=2)
+    kernel = self.param("kernel", init, (h, w, c, self.num_features), jnp.float32)
+    y = jnp.einsum("bhwc,hwcf->bcf", x.astype(self.dtype), kernel.astype(self.dtype))
+    return y.reshape(x.shape[0], c * self.num_features)
+
+
+class MultiGameHead(nn.Module):
+  """Per-game linear heads stored as one [G, D, A * K] kernel and one [G, A * K] bias.
+
+  `block_size` says how the batch is laid out: consecutive blocks of `block_size` examples share
+  one game, so each block is one matmul with its game's kernel. The pre-training sampler blocks
+  batches by game; with block_size=1 any mix of games works (each example gathers its head).
+  """
+  num_games: int
+  num_atoms: int
+  num_actions: int = MAX_ACTIONS
+
+  @nn.compact
+  def __call__(self, features, game_id, block_size: int = 1):
+    batch, dim = features.shape
+    out = self.num_actions * self.num_atoms
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                            in_axis=1, out_axis=2, batch_axis=0)
+    kernel = self.param("kernel", init, (self.num_games, dim, out), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.num_games, out), jnp.float32)
+    if batch % block_size:
+      raise ValueError(f"batch size {batch} is not a multiple of the game block size {block_size}.")
+    blocks = game_id.reshape(batch // block_size, block_size)
+    if _is_concrete(blocks):
+      if not bool(jnp.all(blocks == blocks[:, :1])):
+        raise ValueError(f"game_id is not constant within blocks of {block_size} examples.")
+      if bool(jnp.any((game_id < 0) | (game_id >= self.num_games))):
+        raise ValueError(f"game_id must lie in [0, {self.num_games}) (the head has "
+                         f"{self.num_games} games), got values {jnp.unique(game_id).tolist()}.")
+    block_game = blocks[:, 0]
+    x = features.reshape(batch // block_size, block_size, dim)
+    y = jnp.einsum("nbd,ndk->nbk", x, kernel[block_game]) + bias[block_game][:, None, :]
+    return y.reshape(batch, self.num_actions, self.num_atoms)
+
+
+class MultiGameQNetwork(nn.Module):
+  """Shared encoder + spatial embedding + projection + feature norm, and per-game C51 heads."""
+  num_games: int
+  encoder: str = "resnet"
+  depth: int = 50
+  width: float = 1.0
+  spatial_features: int = 96
+  feature_dim: int = 128
+  num_atoms: int = 51
+  dtype: Any = jnp.float32  # Compute dtype of the backbone; parameters stay float32.
+
+  def setup(self):
+    self.torso = make_encoder(self.encoder, self.depth, self.width, self.dtype)
+    self.spatial_embedding = SpatialEmbedding(self.spatial_features, self.dtype)
+    self.projection = nn.Dense(self.feature_dim, dtype=self.dtype)
+    self.head = MultiGameHead(self.num_games, self.num_atoms)
+
+  def features(self, observation):
+    """The shared backbone: uint8 [B, 84, 84, 4] -> unit-norm float32 features [B, D]."""
+    check_observation(observation)
+    x = observation.astype(self.dtype) / 255.0
+    x = self.spatial_embedding(self.torso(x))
+    x = nn.relu(self.projection(x)).astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, 1e-6)
+
+  def __call__(self, observation, game_id, block_size: int = 1) -> QNetworkOutput:
+    if game_id.shape != observation.shape[:1]:
+      raise ValueError(f"game_id must have shape [batch]={observation.shape[:1]}, "
+                       f"got {tuple(game_id.shape)}.")
+    features = self.features(observation)
+    return QNetworkOutput(self.head(features, game_id, block_size), features)
