@@ -1,0 +1,82 @@
+"""The train state and the jitted update step of Scaled Q-Learning (single-program form).
+
+One update: online logits at s, target-network logits at s', the loss of `config.loss.kind`
+(C51 + alpha * CQL by default) over each example's legal actions, an Adam step, and the target
+network copied every `target_update_period` steps (optax.periodic_update).
+
+Sharding over a device mesh and multi-host batches come with the pre-training issue; the update
+function is written so that it can be jitted with NamedShardings unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from scaled_ql import losses
+
+
+class TrainState(NamedTuple):
+  params: Any
+  target_params: Any
+  opt_state: Any
+  step: jax.Array  # int32 scalar: gradient steps taken.
+  rng: jax.Array
+
+
+class Batch(NamedTuple):
+  """A transition batch, blocked by game when `block_size` > 1."""
+  observation: jax.Array  # [B, 84, 84, 4] uint8
+  action: jax.Array  # [B] int32, index into the game's minimal action set
+  reward: jax.Array  # [B] float32, n-step clipped discounted return
+  discount: jax.Array  # [B] float32, gamma^k * (1 - terminated)
+  next_observation: jax.Array  # [B, 84, 84, 4] uint8
+  game_id: jax.Array  # [B] int32, index into config.games
+
+
+def make_optimizer(optimizer_config) -> optax.GradientTransformation:
+  """Adam (lr, eps from the config), with global-norm clipping when grad_clip_norm > 0."""
+  adam = optax.adam(optimizer_config.learning_rate, eps=optimizer_config.adam_eps)
+  if optimizer_config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm), adam)
+  return adam
+
+
+def init_train_state(params, optimizer: optax.GradientTransformation, rng) -> TrainState:
+  return TrainState(params, jax.tree_util.tree_map(jnp.copy, params), optimizer.init(params),
+                    jnp.zeros((), jnp.int32), rng)
+
+
+def make_update_fn(model, optimizer: optax.GradientTransformation, loss_config,
+                   legal_mask, target_update_period: int, block_size: int = 1) -> Callable:
+  """update(state, batch) -> (state, metrics); pure, for jax.jit with the state donated.
+
+  legal_mask: [num_games, 18] bool, row g = the legal action slots of config.games[g].
+  """
+  legal_mask = jnp.asarray(legal_mask)
+  kind = loss_config.kind
+  support = (losses.make_support(loss_config.v_min, loss_config.v_max, model.num_atoms)
+             if kind == "c51" else None)
+
+  def loss_fn(params, target_params, batch: Batch):
+    online = model.apply({"params": params}, batch.observation, batch.game_id, block_size)
+    target = model.apply({"params": target_params}, batch.next_observation, batch.game_id,
+                         block_size)
+    out = losses.scaled_ql_loss(kind, online.logits, jax.lax.stop_gradient(target.logits),
+                                batch.action, batch.reward, batch.discount,
+                                legal_mask[batch.game_id], support, loss_config.cql_alpha)
+    return out.loss, out
+
+  def update(state: TrainState, batch: Batch):
+    grads, out = jax.grad(loss_fn, has_aux=True)(state.params, state.target_params, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    target_params = optax.periodic_update(params, state.target_params, step, target_update_period)
+    metrics = dict(loss=out.loss, td_loss=out.td, cql_penalty=out.cql, q_data=out.q_data,
+                   q_logsumexp=out.q_logsumexp, grad_norm=optax.global_norm(grads))
+    return TrainState(params, target_params, opt_state, step, state.rng), metrics
+
+  return update
