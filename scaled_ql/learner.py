@@ -4,8 +4,9 @@ One update: online logits at s, target-network logits at s', the loss of `config
 (C51 + alpha * CQL by default) over each example's legal actions, an Adam step, and the target
 network copied every `target_update_period` steps (optax.periodic_update).
 
-Sharding over a device mesh and multi-host batches come with the pre-training issue; the update
-function is written so that it can be jitted with NamedShardings unchanged.
+`jit_update` compiles the update over a (data, model) device mesh (`scaled_ql.parallel`): the
+batch split over `data`, large parameters and their Adam moments split over `model`, the train
+state donated so it is updated in place.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from scaled_ql import losses
+from scaled_ql import losses, networks, parallel
 
 
 class TrainState(NamedTuple):
@@ -80,3 +81,37 @@ def make_update_fn(model, optimizer: optax.GradientTransformation, loss_config,
     return TrainState(params, target_params, opt_state, step, state.rng), metrics
 
   return update
+
+
+def create_train_state(model, optimizer: optax.GradientTransformation, rng,
+                       shardings=None) -> TrainState:
+  """A fresh train state, built directly in its shardings (no host-side copy of the model).
+
+  shardings: a TrainState-shaped pytree of NamedShardings (see `state_shardings`), or None for
+  the default device.
+  """
+  def init(key):
+    params_key, state_key = jax.random.split(key)
+    return init_train_state(networks.init_params(model, params_key), optimizer, state_key)
+
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def abstract_train_state(model, optimizer: optax.GradientTransformation) -> TrainState:
+  """The train state's shapes and dtypes, without allocating it."""
+  return jax.eval_shape(lambda: init_train_state(
+      networks.init_params(model, jax.random.PRNGKey(0)), optimizer, jax.random.PRNGKey(0)))
+
+
+def state_shardings(mesh, abstract_state: TrainState, min_size: int = 2**18) -> TrainState:
+  """Parameters, target parameters and Adam moments sharded alike; scalars replicated."""
+  return parallel.state_shardings(mesh, abstract_state, min_size)
+
+
+def jit_update(update_fn: Callable, mesh, shardings: TrainState) -> Callable:
+  """jax.jit of `update_fn` over the mesh: state in its shardings (donated), batch over `data`,
+  metrics replicated."""
+  return jax.jit(update_fn,
+                 in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=(shardings, parallel.replicated(mesh)),
+                 donate_argnums=0)

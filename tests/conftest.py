@@ -18,6 +18,6 @@ def load_config(path: str, arg: str | None = None):
   return module.get_config(arg)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def repo() -> pathlib.Path:
   return REPO

@@ -1,0 +1,138 @@
+"""Devices: multi-host start-up, the mesh, shardings, and global batch assembly.
+
+The mesh has two axes:
+- `data`: the batch is split over it (data parallelism across every device of every host);
+- `model`: large parameters (and their optimizer state) are split over it along one dimension,
+  FSDP-style, so an 80M-parameter model's Adam state need not sit whole on every device.
+With `model` of size 1 (the default) every parameter is replicated.
+
+Each host (process) samples its own share of every batch; `global_batch` turns the host-local
+NumPy arrays into one global jax.Array sharded over `data`, without any host seeing the rest.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA, MODEL = "data", "model"
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None, auto: bool = False) -> None:
+  """Starts multi-host JAX (`jax.distributed.initialize`) when the job has several processes.
+
+  - explicit: the arguments (launch flags) or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
+    and JAX_PROCESS_ID environment variables (GPU clusters, N local processes);
+  - auto=True: JAX's own cluster detection (Cloud TPU pods, SLURM, Open MPI);
+  - neither: a single process, nothing to start.
+  CPU devices talk across processes through gloo (harmless where accelerators do the work).
+  """
+  coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+    num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+  if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+    process_id = int(os.environ["JAX_PROCESS_ID"])
+  explicit = coordinator_address is not None or (num_processes or 1) > 1
+  if not explicit and not auto:
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if not explicit:
+    jax.distributed.initialize()
+    return
+  if coordinator_address is None or num_processes is None or process_id is None:
+    raise ValueError("multi-host start-up needs all of coordinator_address, num_processes and "
+                     f"process_id; got {coordinator_address!r}, {num_processes!r}, "
+                     f"{process_id!r}.")
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"process_id={process_id} must lie in [0, num_processes={num_processes}).")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def make_mesh(model_axis_size: int = 1) -> Mesh:
+  """A (data, model) mesh over all devices of all processes.
+
+  The `model` axis stays inside a host (it must divide the host's device count) and the `data`
+  axis spans hosts in process order, so each host's devices hold whole rows of the batch:
+  exactly the rows that host samples (see `global_batch`).
+  """
+  n, local, hosts = jax.device_count(), jax.local_device_count(), jax.process_count()
+  if model_axis_size < 1 or local % model_axis_size:
+    raise ValueError(f"parallel.model_axis_size={model_axis_size} must divide the number of "
+                     f"devices of each host ({local}).")
+  if hosts == 1:
+    try:
+      grid = mesh_utils.create_device_mesh((n // model_axis_size, model_axis_size))
+    except (AssertionError, ValueError, NotImplementedError):
+      grid = np.asarray(jax.devices()).reshape(n // model_axis_size, model_axis_size)
+  else:
+    try:
+      grid = mesh_utils.create_hybrid_device_mesh(
+          (local // model_axis_size, model_axis_size), (hosts, 1), process_is_granule=True)
+    except (AssertionError, ValueError, NotImplementedError):
+      ordered = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+      grid = np.asarray(ordered).reshape(n // model_axis_size, model_axis_size)
+  return Mesh(grid, (DATA, MODEL))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over `data`, everything else whole."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def param_sharding(mesh: Mesh, shape, min_size: int = 2**18) -> NamedSharding:
+  """Shards the largest dimension divisible by the model axis; small arrays stay replicated."""
+  m = mesh.shape[MODEL]
+  if m == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return replicated(mesh)
+  dims = [d for d in np.argsort(shape)[::-1] if shape[d] % m == 0]
+  if not dims:
+    return replicated(mesh)
+  spec = [None] * len(shape)
+  spec[dims[0]] = MODEL
+  return NamedSharding(mesh, P(*spec))
+
+
+def state_shardings(mesh: Mesh, abstract_state: Any, min_size: int = 2**18) -> Any:
+  """Sharding of every leaf of a (train-state) pytree, by its shape alone.
+
+  Shape-based, so Adam's moments get exactly the sharding of their parameters. Arrays with
+  fewer than `min_size` elements stay replicated (splitting them costs more than it saves).
+  """
+  return jax.tree_util.tree_map(lambda x: param_sharding(mesh, x.shape, min_size), abstract_state)
+
+
+def check_batch_divides(global_batch_size: int, mesh: Mesh, num_processes: int,
+                        num_games: int) -> None:
+  """Raises a ValueError unless the batch splits evenly over devices, hosts and games."""
+  data = mesh.shape[DATA]
+  if global_batch_size % data:
+    raise ValueError(f"batch_size={global_batch_size} does not divide over the {data} devices "
+                     f"of the mesh's data axis.")
+  if global_batch_size % (num_processes * num_games):
+    raise ValueError(f"batch_size={global_batch_size} does not divide into {num_games} games on "
+                     f"each of {num_processes} hosts (needs a multiple of "
+                     f"{num_processes * num_games}).")
+
+
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
+  """Host-local NumPy arrays (this host's rows) -> global jax.Arrays sharded over `data`.
+
+  Hosts' rows are laid out in process order: host 0's rows first.
+  """
+  sharding = batch_sharding(mesh)
+  n = jax.process_count()
+
+  def to_global(x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * n, *x.shape[1:]))
+
+  return jax.tree_util.tree_map(to_global, local_batch)
