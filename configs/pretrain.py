@@ -3,6 +3,7 @@
 
 Presets:
   tiny             CPU, seconds: Nature-CNN, 3 games, batch 24. For tests and smoke runs.
+  demo             CPU, minutes: Nature-CNN, 3 games, batch 96 (`make demo`).
   paper_resnet34   the paper's 40 games and stated hyper-parameters, ResNet-34  (~33M params).
   paper_resnet50   the same with ResNet-50                                        (~56M params).
   paper_resnet101  the same with ResNet-101                                       (~75M params).
@@ -17,7 +18,7 @@ import ml_collections
 
 from scaled_ql.games import TRAIN_GAMES
 
-PRESETS = ("tiny", "paper_resnet34", "paper_resnet50", "paper_resnet101")
+PRESETS = ("tiny", "demo", "paper_resnet34", "paper_resnet50", "paper_resnet101")
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -56,6 +57,28 @@ def _base() -> ml_collections.ConfigDict:
   c.batch_size = 512  # [SQL] 16x the single-game batch of 32.
   c.target_update_period = 2000  # [SQL] target network copied every 2,000 gradient steps.
   c.num_steps = 1_000_000  # gradient steps. Not a paper value: set it for your compute budget.
+
+  c.data = ml_collections.ConfigDict()
+  # A directory of datasets: our own (`launch.make_dataset`) or prepared TFDS rlu_atari,
+  # rlu_atari_checkpoints or rlu_atari_checkpoints_ordered directories.
+  c.data.data_dir = ""
+  c.data.runs = (1, 2, 3, 4, 5)  # DQN Replay runs per game. [SQL] near-optimal data: all runs.
+  # Checkpoint ids kept, (first, last) inclusive; () = all. [SQL] low-quality data: (0, 9).
+  c.data.checkpoint_range = ()
+  # Frames held in host RAM per game (~7.1 KB each). 200k x 40 games = 57 GB per host; each
+  # host holds its own share of the episodes.
+  c.data.pool_frames_per_game = 200_000
+  c.data.refresh_every = 100  # sampling steps between pool refreshes from the stream.
+  c.data.refresh_episodes = 1  # episodes streamed in per game at each refresh.
+  c.data.game_weights = ()  # relative samples per game; () = equal.
+  c.data.prefetch = 2  # batches prepared ahead in a background thread.
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.model_axis_size = 1  # devices per parameter shard (within a host); 1 = replicate.
+
+  c.checkpoint_every = 5000  # steps between (asynchronous) checkpoints.
+  c.keep_checkpoints = 3
+  c.log_every = 100  # steps between TensorBoard scalars.
   return c
 
 
@@ -75,4 +98,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 24
     c.target_update_period = 10
     c.num_steps = 20
+    c.data.runs = (1,)
+    c.data.pool_frames_per_game = 5000
+    c.data.refresh_every = 10
+    c.checkpoint_every = 10
+    c.log_every = 5
+  elif preset == "demo":
+    c.games = ("pong", "breakout", "freeway")
+    c.model.encoder = "nature"
+    c.model.spatial_features = 8
+    c.model.feature_dim = 64
+    c.batch_size = 96
+    c.target_update_period = 250
+    c.optimizer.learning_rate = 5e-4
+    c.num_steps = 2000
+    c.data.runs = (1,)
+    c.data.pool_frames_per_game = 20_000
+    c.data.refresh_every = 0  # the demo dataset fits in the pools.
+    c.checkpoint_every = 500
+    c.log_every = 50
   return c

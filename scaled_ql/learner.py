@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from scaled_ql import losses, networks, parallel
+from scaled_ql.data.batch import Batch
 
 
 class TrainState(NamedTuple):
@@ -25,16 +26,6 @@ class TrainState(NamedTuple):
   opt_state: Any
   step: jax.Array  # int32 scalar: gradient steps taken.
   rng: jax.Array
-
-
-class Batch(NamedTuple):
-  """A transition batch, blocked by game when `block_size` > 1."""
-  observation: jax.Array  # [B, 84, 84, 4] uint8
-  action: jax.Array  # [B] int32, index into the game's minimal action set
-  reward: jax.Array  # [B] float32, n-step clipped discounted return
-  discount: jax.Array  # [B] float32, gamma^k * (1 - terminated)
-  next_observation: jax.Array  # [B, 84, 84, 4] uint8
-  game_id: jax.Array  # [B] int32, index into config.games
 
 
 def make_optimizer(optimizer_config) -> optax.GradientTransformation:

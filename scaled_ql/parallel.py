@@ -112,15 +112,19 @@ def state_shardings(mesh: Mesh, abstract_state: Any, min_size: int = 2**18) -> A
 
 def check_batch_divides(global_batch_size: int, mesh: Mesh, num_processes: int,
                         num_games: int) -> None:
-  """Raises a ValueError unless the batch splits evenly over devices, hosts and games."""
+  """Raises a ValueError unless the batch splits evenly over devices and hosts, with at least
+  one sample of every game on every host."""
   data = mesh.shape[DATA]
   if global_batch_size % data:
     raise ValueError(f"batch_size={global_batch_size} does not divide over the {data} devices "
                      f"of the mesh's data axis.")
-  if global_batch_size % (num_processes * num_games):
-    raise ValueError(f"batch_size={global_batch_size} does not divide into {num_games} games on "
-                     f"each of {num_processes} hosts (needs a multiple of "
-                     f"{num_processes * num_games}).")
+  if global_batch_size % num_processes:
+    raise ValueError(f"batch_size={global_batch_size} does not divide over {num_processes} "
+                     f"hosts.")
+  if global_batch_size // num_processes < num_games:
+    raise ValueError(f"batch_size={global_batch_size} gives each of {num_processes} hosts "
+                     f"{global_batch_size // num_processes} samples, fewer than the "
+                     f"{num_games} games.")
 
 
 def global_batch(local_batch: Any, mesh: Mesh) -> Any:
@@ -136,3 +140,38 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
     return jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * n, *x.shape[1:]))
 
   return jax.tree_util.tree_map(to_global, local_batch)
+
+
+def allgather_json(obj: Any) -> list:
+  """Every process's JSON-serialisable `obj`, in process order (a list on every process)."""
+  import json
+
+  if jax.process_count() == 1:
+    return [obj]
+  from jax.experimental import multihost_utils
+
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.array([data.size], np.int64))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:data.size] = data
+  everything = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row[:int(n)]).decode())
+          for row, n in zip(np.asarray(everything), np.ravel(sizes))]
+
+
+def split_counts(batch_size: int, num_games: int, weights=None) -> tuple[int, ...]:
+  """Samples per game in a host's batch: proportional to `weights` (default equal), the
+  remainder given one each to the first games, so counts are fixed for the whole run."""
+  weights = np.ones(num_games) if weights is None or len(weights) == 0 else np.asarray(
+      weights, np.float64)
+  if len(weights) != num_games or np.any(weights <= 0):
+    raise ValueError(f"data.game_weights must hold {num_games} positive numbers, got "
+                     f"{list(weights)}.")
+  exact = batch_size * weights / weights.sum()
+  counts = np.floor(exact).astype(int)
+  order = np.argsort(-(exact - counts), kind="stable")
+  counts[order[:batch_size - counts.sum()]] += 1
+  if np.any(counts == 0):
+    raise ValueError(f"a batch of {batch_size} per host cannot give every one of the "
+                     f"{num_games} games a sample (counts {counts.tolist()}).")
+  return tuple(int(c) for c in counts)

@@ -76,7 +76,18 @@ def test_bad_parallel_settings_are_named():
   with pytest.raises(ValueError, match="model_axis_size=3"):
     parallel.make_mesh(3)
   mesh = parallel.make_mesh(1)
-  with pytest.raises(ValueError, match="does not divide into 3 games on each of 2 hosts"):
-    parallel.check_batch_divides(10, mesh, num_processes=2, num_games=3)
+  with pytest.raises(ValueError, match="does not divide over 4 hosts"):
+    parallel.check_batch_divides(10, mesh, num_processes=4, num_games=2)
+  with pytest.raises(ValueError, match="fewer than the 40 games"):
+    parallel.check_batch_divides(64, mesh, num_processes=2, num_games=40)
+  with pytest.raises(ValueError, match="game_weights must hold 3"):
+    parallel.split_counts(12, 3, [1, 2])
+
+
+def test_split_counts_gives_the_remainder_to_the_first_games():
+  assert parallel.split_counts(512, 40) == (13,) * 32 + (12,) * 8
+  assert parallel.split_counts(24, 3) == (8, 8, 8)
+  assert parallel.split_counts(10, 2, [1, 4]) == (2, 8)
+  assert sum(parallel.split_counts(97, 7, [1, 2, 3, 4, 5, 6, 7])) == 97
   with pytest.raises(ValueError, match="needs all of coordinator_address"):
     parallel.initialize(coordinator_address="localhost:1234")

@@ -1,0 +1,49 @@
+"""Pieces every launch script shares: config files, metric writers, progress bars."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import tqdm
+from clu import metric_writers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path: str, preset: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(preset)` of a config file (path relative to the repository or absolute)."""
+  full = path if os.path.isabs(path) else os.path.join(REPO, path)
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(full))[0], full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+def metric_writer(logdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard scalars from process 0 (asynchronous); other processes write nothing."""
+  if jax.process_index() != 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
+
+
+def progress(total: int, initial: int = 0, desc: str = "train", unit: str = "step"):
+  """A console progress bar with rate and ETA, on process 0 only."""
+  return tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
+                   disable=jax.process_index() != 0, file=sys.stdout, mininterval=1.0,
+                   smoothing=0.05)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'model.depth': 34, ...}: a config as flat key/values, for logs and comparisons."""
+  out = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out

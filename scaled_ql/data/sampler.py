@@ -1,0 +1,685 @@
+"""Game-blocked transition batches from bounded in-memory pools of single Atari frames.
+
+Pools. A `FramePool` holds one game's most recent episodes in a preallocated ring of single
+84x84 uint8 frames (`capacity` frames, a config value) and never a stacked observation. Each
+accepted episode is written contiguously at a logical frame counter (physical row = counter mod
+capacity, so an episode may wrap round the ring's end). Per step it keeps only what sampling
+needs, computed once at ingest from the episode: the action, the n-step clipped discounted
+return, the discount to bootstrap with, and how many steps ahead the next observation lies.
+Stacks of 4 (and next stacks) are gathered when a batch is sampled, with zero frames before an
+episode's first frame, exactly as `scaled_ql.envs.FrameStacker` stacks them for acting.
+Host memory is ~7,066 bytes per stored frame (the frame plus 10 bytes of per-step arrays).
+
+Refresh: FIFO from a stream. Each game's episodes come from an `EpisodeSource`, a callable
+`source(start)` that yields the game's episodes from stream position `start` on, in the same
+order every call (for a dataset larger than RAM: a reader over the host's share of the files).
+The sampler first fills each pool until an ingest evicts (or the source ends: the whole
+dataset is then resident and never re-read); afterwards, every `refresh_every` sampling steps,
+it ingests `refresh_episodes` more episodes per game, evicting the oldest episodes (whole
+ones) until the new one fits. FIFO rather than a reservoir because (a) the live episodes are
+then always the last ones accepted from the stream, so a pool is described by two stream
+positions and can be rebuilt from them (below), where a reservoir's random subset would have
+to be listed or stored; and (b) every episode read stays in the pool equally long, where a
+reservoir keeps the n-th episode read with probability ~capacity / n, so late in a long run
+nearly everything read is discarded. The replay ratio is the user's choice: a refresh brings
+about refresh_episodes x episode length new frames per game for refresh_every x (samples per
+game) sampled transitions. When a source runs out during refreshes it restarts from position
+0 (`cycle=True`, the next epoch) or refreshing stops (`cycle=False`).
+
+Quality selection (e.g. the paper's low-quality split, checkpoints 0-9 of 50) belongs in the
+source (pass the checkpoint filter to the reader so unwanted files are never read); the pool
+also drops, on ingest, episodes whose `checkpoint_id` lies outside `checkpoint_range`.
+
+Determinism and state. The batch of step s is drawn with a NumPy generator seeded by
+(seed, host_index, s) and depends on nothing else but the pools' contents, which are in turn
+fixed by the refresh schedule (a refresh before every step s > 0 with s % refresh_every == 0).
+Transitions are addressed in *logical* order (the live episodes oldest first, then step), so a
+batch never depends on where in the ring an episode happens to sit. The state
+(`state_dict()`, small and JSON-serializable) is the next step and, per game, the stream
+position of the oldest live episode and of the next episode to read, the epoch length once
+known, and checks (live episodes and frames). `load_state_dict()` rebuilds every pool by
+re-reading that window of the (deterministic) stream: one pool's worth of reading, the cost of
+an initial fill, and no frames in the checkpoint. A source should therefore start at `start`
+cheaply (skip files); a plain sequence of episodes works as a source too.
+
+Speed. A batch is one `searchsorted` per game to map uniform draws to (episode, step), one
+fancy-index gather per stack slot, and lookups of the precomputed n-step arrays: ~29k
+transitions/s on one core at batch 512 (`python -m launch.benchmark --what=sampler`). Most of
+that time is NumPy interleaving single frames into [B, 84, 84, 4] (strided byte copies).
+`Prefetcher` runs a sampler in a background thread a few batches ahead, so sampling overlaps
+the learner's device step; it gives the same batches and a state that resumes exactly.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import queue
+import threading
+from fractions import Fraction
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from scaled_ql.games import Game, get_game
+from scaled_ql.data.batch import Batch
+
+FRAME_SHAPE = (84, 84)
+STACK_SIZE = 4
+STATE_VERSION = 1
+
+Episode = Mapping[str, Any]
+EpisodeSource = Callable[[int], Iterable[Episode]]
+_STEP_FIELDS = ("observation", "action", "reward", "is_first", "is_last", "is_terminal")
+
+
+def as_source(source: Union[EpisodeSource, Sequence[Episode]]) -> EpisodeSource:
+  """An `EpisodeSource` from a callable `source(start)` or a sequence of episodes."""
+  if callable(source):
+    return source
+  if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+    return lambda start: (source[i] for i in range(start, len(source)))
+  raise ValueError(f"an episode source is a callable source(start) -> episodes, or a sequence "
+                   f"of episodes; got {type(source).__name__}. (A one-shot iterator cannot be "
+                   f"re-read to restore or cycle: wrap its factory in a callable.)")
+
+
+def _describe(game: Game, position: Optional[int], episode: Episode) -> str:
+  where = f"game {game.name!r}, episode {position}" if position is not None else \
+      f"game {game.name!r}, episode"
+  meta = [f"{k}={episode[k]!r}" for k in ("episode_id", "checkpoint_id", "run")
+          if isinstance(episode, Mapping) and k in episode]
+  return f"{where} ({', '.join(meta)})" if meta else where
+
+
+def validate_episode(episode: Episode, game: Game, position: Optional[int] = None) -> int:
+  """Checks one episode against the RLDS step contract; returns its length T.
+
+  Raises a ValueError naming the game, the episode (stream position and metadata) and the field
+  that is wrong: missing fields, lengths that disagree, observations that are not uint8
+  [T, 84, 84], actions outside the game's minimal action set, non-finite rewards, first/last/
+  terminal flags that are not those of one whole episode, or a `game` of another game.
+  """
+  where = _describe(game, position, episode)
+  if not isinstance(episode, Mapping):
+    raise ValueError(f"{where}: an episode is a dict of arrays, got {type(episode).__name__}.")
+  missing = [k for k in _STEP_FIELDS if k not in episode]
+  if missing:
+    raise ValueError(f"{where}: missing field(s) {missing}; an episode has {list(_STEP_FIELDS)}.")
+  if "game" in episode:
+    name = episode["game"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    try:
+      other = get_game(name)
+    except ValueError as e:
+      raise ValueError(f"{where}: field 'game' is {episode['game']!r}: {e}") from None
+    if other.name != game.name:
+      raise ValueError(f"{where}: field 'game' is {episode['game']!r}, but this is the pool of "
+                       f"{game.name!r}.")
+  obs = episode["observation"]
+  if not isinstance(obs, np.ndarray) or obs.dtype != np.uint8 or obs.ndim != 3 or \
+      obs.shape[1:] != FRAME_SHAPE:
+    desc = f"{obs.dtype} {obs.shape}" if isinstance(obs, np.ndarray) else type(obs).__name__
+    raise ValueError(f"{where}: field 'observation' must be uint8 [T, 84, 84] single frames, "
+                     f"got {desc}.")
+  length = obs.shape[0]
+  arrays = {}
+  for k in _STEP_FIELDS[1:]:
+    a = np.asarray(episode[k])
+    if a.shape != (length,):
+      raise ValueError(f"{where}: field {k!r} has shape {a.shape}, but 'observation' has "
+                       f"{length} steps: every step field must have shape ({length},).")
+    arrays[k] = a
+  if length < 2:
+    raise ValueError(f"{where}: {length} step(s); an episode needs at least 2 (one transition).")
+  action = arrays["action"]
+  if not np.issubdtype(action.dtype, np.integer):
+    raise ValueError(f"{where}: field 'action' must be integers, got {action.dtype}.")
+  bad = np.flatnonzero((action[:-1] < 0) | (action[:-1] >= game.num_actions))
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(f"{where}: field 'action' at step {i} is {action[i]}, outside {game.name}'s "
+                     f"{game.num_actions} minimal actions (0..{game.num_actions - 1}).")
+  reward = arrays["reward"]
+  if not np.issubdtype(reward.dtype, np.number) or not np.all(np.isfinite(reward[:-1])):
+    raise ValueError(f"{where}: field 'reward' must be finite numbers, got {reward.dtype} "
+                     f"{reward[:8]}...")
+  for k, expect in (("is_first", 0), ("is_last", length - 1)):
+    flags = arrays[k].astype(bool)
+    if not flags[expect] or flags.sum() != 1:
+      raise ValueError(f"{where}: field {k!r} must be True at step {expect} only (one whole "
+                       f"episode), got True at steps {np.flatnonzero(flags)[:8].tolist()}.")
+  if np.any(arrays["is_terminal"][:-1].astype(bool)):
+    raise ValueError(f"{where}: field 'is_terminal' is True before the last step (at "
+                     f"{np.flatnonzero(arrays['is_terminal'][:-1])[:8].tolist()}); only the "
+                     f"last step can be terminal.")
+  return length
+
+
+def n_step_targets(reward: np.ndarray, terminal: bool, n_step: int, gamma: float):
+  """Per-transition n-step targets of one episode with T steps (T - 1 transitions).
+
+  reward [T] (the last step's is unused), terminal: the episode ended by game over. Returns
+  (returns [T-1] float32: sum_{i<k} gamma^i clip(r_{t+i}, -1, 1); discounts [T-1] float32:
+  gamma^k, or 0 when the window reaches a terminal last step; ks [T-1] uint8: k, the steps
+  summed = min(n, T-1-t), so the next observation is step t + k), as
+  `scaled_ql.losses.n_step_return` defines them.
+  """
+  m = reward.shape[0] - 1
+  clipped = np.clip(reward[:m].astype(np.float64), -1.0, 1.0)
+  returns = np.zeros(m, np.float64)
+  for i in range(min(n_step, m)):
+    returns[:m - i] += gamma**i * clipped[i:]
+  ks = np.minimum(n_step, m - np.arange(m))
+  discounts = np.power(float(gamma), ks)
+  if terminal:
+    discounts[np.arange(m) + ks == m] = 0.0
+  return returns.astype(np.float32), discounts.astype(np.float32), ks.astype(np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Live:
+  """One episode in a pool: where it is and where it came from."""
+  start: int  # logical frame counter of its first step (physical row = start % capacity).
+  length: int  # steps T (frames).
+  position: Optional[int]  # stream position in the game's source.
+
+
+class FramePool:
+  """One game's bounded FIFO pool of whole episodes as single frames (see module docstring).
+
+  `add(episode)` validates, filters by checkpoint and ingests an episode, evicting the oldest
+  ones as needed. `gather(u, ...)` writes the transitions with logical indices `u` (0 ..
+  num_transitions - 1, the live episodes oldest first) into batch arrays.
+  """
+
+  def __init__(self, game: Union[str, Game], capacity: int, *, n_step: int = 3,
+               gamma: float = 0.99, stack_size: int = STACK_SIZE,
+               checkpoint_range: Optional[tuple[int, int]] = None):
+    self.game = game if isinstance(game, Game) else get_game(game)
+    if int(capacity) != capacity or capacity < 2:
+      raise ValueError(f"pool capacity for {self.game.name!r} must be an integer >= 2 frames, "
+                       f"got {capacity!r}.")
+    if int(n_step) != n_step or not 1 <= n_step <= 255:
+      raise ValueError(f"n_step must be an integer in [1, 255], got {n_step!r}.")
+    if not 0.0 <= gamma <= 1.0:
+      raise ValueError(f"gamma must lie in [0, 1], got {gamma}.")
+    if int(stack_size) != stack_size or stack_size < 1:
+      raise ValueError(f"stack_size must be a positive integer, got {stack_size!r}.")
+    if checkpoint_range is not None:
+      lo, hi = checkpoint_range
+      if int(lo) != lo or int(hi) != hi or lo > hi:
+        raise ValueError(f"checkpoint_range must be (first, last) checkpoint ids with first <= "
+                         f"last (both kept), got {checkpoint_range!r}.")
+      checkpoint_range = (int(lo), int(hi))
+    self.capacity, self.n_step, self.gamma = int(capacity), int(n_step), float(gamma)
+    self.stack_size, self.checkpoint_range = int(stack_size), checkpoint_range
+    # Row `capacity` stays zero: the padding frame before an episode's first frame.
+    self._frames = np.zeros((self.capacity + 1, *FRAME_SHAPE), np.uint8)
+    self._action = np.zeros(self.capacity, np.uint8)
+    self._return = np.zeros(self.capacity, np.float32)
+    self._discount = np.zeros(self.capacity, np.float32)
+    self._k = np.zeros(self.capacity, np.uint8)
+    self._live: collections.deque[_Live] = collections.deque()
+    self._end = 0  # logical frame counter after the newest episode.
+    self._num_frames = 0
+    self._index = None  # (starts, cumulative transitions) of the live episodes, built lazily.
+
+  # -- Contents. ----------------------------------------------------------------------------
+  @property
+  def num_frames(self) -> int:
+    return self._num_frames
+
+  @property
+  def num_episodes(self) -> int:
+    return len(self._live)
+
+  @property
+  def num_transitions(self) -> int:
+    return self._num_frames - len(self._live)
+
+  @property
+  def nbytes(self) -> int:
+    """Host bytes of the pool's arrays (frames and per-step arrays)."""
+    return sum(a.nbytes for a in (self._frames, self._action, self._return, self._discount,
+                                  self._k))
+
+  @property
+  def bytes_per_frame(self) -> float:
+    return self.nbytes / max(self._num_frames, 1)
+
+  @property
+  def oldest(self) -> Optional[_Live]:
+    return self._live[0] if self._live else None
+
+  @property
+  def end(self) -> int:
+    """The logical frame counter where the next episode will be written."""
+    return self._end
+
+  def episodes(self) -> tuple[_Live, ...]:
+    """The live episodes, oldest first."""
+    return tuple(self._live)
+
+  def clear(self, end: int = 0) -> None:
+    """Drops every episode; the next one is written at logical frame counter `end`."""
+    self._live.clear()
+    self._end, self._num_frames, self._index = int(end), 0, None
+
+  # -- Ingest. ------------------------------------------------------------------------------
+  def accepts(self, episode: Episode, position: Optional[int] = None) -> bool:
+    """Whether `episode` passes the checkpoint filter (it names no checkpoint: an error)."""
+    if self.checkpoint_range is None:
+      return True
+    if "checkpoint_id" not in episode:
+      raise ValueError(f"{_describe(self.game, position, episode)}: no 'checkpoint_id', but the "
+                       f"pool filters on checkpoint_range={self.checkpoint_range}.")
+    lo, hi = self.checkpoint_range
+    return lo <= int(episode["checkpoint_id"]) <= hi
+
+  def add(self, episode: Episode, position: Optional[int] = None) -> bool:
+    """Ingests one episode (evicting the oldest as needed); False if the filter dropped it.
+
+    `position` is the episode's stream position, kept for the sampler's state.
+    """
+    length = validate_episode(episode, self.game, position)
+    if not self.accepts(episode, position):
+      return False
+    if length > self.capacity:
+      raise ValueError(f"{_describe(self.game, position, episode)}: {length} frames do not fit "
+                       f"a pool of {self.capacity} frames; raise the pool size.")
+    returns, discounts, ks = n_step_targets(
+        np.asarray(episode["reward"]), bool(np.asarray(episode["is_terminal"])[-1]),
+        self.n_step, self.gamma)
+    while self._num_frames + length > self.capacity:
+      self._num_frames -= self._live.popleft().length
+    first = self._end % self.capacity
+    for dst, src in ((self._frames, episode["observation"]),
+                     (self._action, np.asarray(episode["action"])),
+                     (self._return, returns), (self._discount, discounts), (self._k, ks)):
+      head = min(src.shape[0], self.capacity - first)  # The rest wraps round to row 0.
+      dst[first:first + head] = src[:head]
+      dst[:src.shape[0] - head] = src[head:]
+    self._live.append(_Live(self._end, length, position))
+    self._end += length
+    self._num_frames += length
+    self._index = None
+    return True
+
+  # -- Sampling. ----------------------------------------------------------------------------
+  def _episode_index(self):
+    if self._index is None:
+      starts = np.array([e.start for e in self._live], np.int64)
+      transitions = np.array([e.length - 1 for e in self._live], np.int64)
+      cum = np.cumsum(transitions)
+      self._index = (starts, cum, cum - transitions)
+    return self._index
+
+  def locate(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logical transition indices -> (physical rows, steps within their episodes)."""
+    starts, cum, before = self._episode_index()
+    episode = np.searchsorted(cum, u, side="right")
+    step = u - before[episode]
+    return (starts[episode] + step) % self.capacity, step
+
+  def _stack_rows(self, rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """[N, stack] frame rows of the stacks ending at `rows`: the zero row before step 0."""
+    offsets = np.arange(1 - self.stack_size, 1)
+    index = (rows[:, None] + offsets) % self.capacity
+    index[(steps[:, None] + offsets) < 0] = self.capacity
+    return index
+
+  def gather(self, u: np.ndarray, observation: np.ndarray, next_observation: np.ndarray,
+             action: np.ndarray, reward: np.ndarray, discount: np.ndarray) -> None:
+    """Writes transitions `u` (logical indices) into the given [len(u), ...] batch arrays."""
+    if self.num_transitions == 0:
+      raise ValueError(f"game {self.game.name!r}: the pool is empty; nothing to sample.")
+    rows, steps = self.locate(np.asarray(u, np.int64))
+    ks = self._k[rows]
+    action[:] = self._action[rows]
+    reward[:] = self._return[rows]
+    discount[:] = self._discount[rows]
+    for out, index in ((observation, self._stack_rows(rows, steps)),
+                       (next_observation,
+                        self._stack_rows((rows + ks) % self.capacity, steps + ks))):
+      for j in range(self.stack_size):  # One gather per slot; the interleave is the cost.
+        out[..., j] = self._frames[index[:, j]]
+
+
+def split_batch(batch_size: int, weights: Sequence[float], games: Sequence[str]) -> tuple[int, ...]:
+  """Per-game sample counts: batch_size x weight / sum(weights), each a whole number >= 1."""
+  if int(batch_size) != batch_size or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+  if len(weights) != len(games):
+    raise ValueError(f"game_weights has {len(weights)} entries for {len(games)} games "
+                     f"{list(games)}.")
+  try:
+    fractions = [Fraction(w).limit_denominator(10**6) for w in weights]
+  except (TypeError, ValueError):
+    raise ValueError(f"game_weights must be numbers, got {list(weights)}.") from None
+  bad = [g for g, w in zip(games, fractions) if w <= 0]
+  if bad:
+    raise ValueError(f"game_weights must be > 0; got {dict(zip(games, weights))} (a game with "
+                     f"no samples has no place in config.games): {bad}.")
+  total = sum(fractions)
+  counts = [batch_size * w / total for w in fractions]
+  uneven = {g: float(c) for g, c in zip(games, counts) if c.denominator != 1}
+  if uneven:
+    unit = math.lcm(*[(w / total).denominator for w in fractions])
+    below, above = (batch_size // unit) * unit, (batch_size // unit + 1) * unit
+    hint = f"{below} or {above}" if below else f"{above}"
+    raise ValueError(f"batch_size {batch_size} cannot be split by game_weights into whole "
+                     f"per-game counts (the per-game counts must be constant for the blocked "
+                     f"head): {uneven}. Use a batch size that is a multiple of {unit}, e.g. "
+                     f"{hint}, or give integer per-game counts as weights.")
+  return tuple(int(c) for c in counts)
+
+
+class _Stream:
+  """One game's position in its episode source (raw positions count filtered episodes too)."""
+
+  def __init__(self, source: EpisodeSource):
+    self.source = source
+    self.iterator: Optional[Iterator[Episode]] = None
+    self.consumed = 0  # raw stream positions read so far.
+    self.epoch_length: Optional[int] = None  # episodes in one pass, once a pass has ended.
+    self.resident = False  # the whole source fit in the pool during the fill.
+    self.ended = False  # cycle=False and the source ran out: no more refreshes.
+
+  def open(self) -> None:
+    offset = self.consumed % self.epoch_length if self.epoch_length else self.consumed
+    self.iterator = iter(self.source(offset))
+
+
+class MultiGameSampler:
+  """Game-blocked batches of n-step transitions from one `FramePool` per game.
+
+  Args:
+    sources: {game: EpisodeSource or sequence of episodes} (this host's share), one per game.
+    games: the game list (config.games); game_id = index in it, blocks in its order.
+    batch_size: transitions per batch on this host.
+    pool_frames: each game's pool capacity in frames.
+    n_step, gamma: the n-step return (config.loss.n_step, config.loss.gamma).
+    game_weights: relative samples per game (default equal); batch_size x weight / sum must be
+      a whole number for every game, so per-game counts are the same in every batch.
+    refresh_every: sampling steps between refreshes (0: never refresh after the fill).
+    refresh_episodes: episodes ingested per game at each refresh.
+    checkpoint_range: (first, last) checkpoint ids kept on ingest, both included, e.g. (0, 9)
+      for the paper's low-quality data; None keeps all.
+    cycle: restart a source from position 0 when it runs out during refreshes.
+    seed, host_index: the batch of step s is a function of (seed, host_index, s) and the pools.
+    stack_size: frames per observation.
+
+  Use `next(sampler)` (refreshes when due, then samples the current step) or `sample(step)`
+  (samples a step from the pools as they are). Batches are `scaled_ql.data.Batch` of NumPy
+  arrays; `counts[g]` consecutive rows belong to game g; `block_size` is the largest block of
+  one game that tiles the layout (the learner's `block_size`).
+  """
+
+  def __init__(self, sources: Mapping[str, Union[EpisodeSource, Sequence[Episode]]],
+               games: Sequence[str], batch_size: int, pool_frames: int, *, n_step: int = 3,
+               gamma: float = 0.99, game_weights: Optional[Sequence[float]] = None,
+               refresh_every: int = 0, refresh_episodes: int = 1,
+               checkpoint_range: Optional[tuple[int, int]] = None, cycle: bool = True,
+               seed: int = 0, host_index: int = 0, stack_size: int = STACK_SIZE):
+    self.games = tuple(get_game(g) for g in games)
+    names = [g.name for g in self.games]
+    if not names:
+      raise ValueError("the game list is empty.")
+    if len(set(names)) != len(names):
+      raise ValueError(f"a game is listed twice in games {names}.")
+    by_name = {}
+    for key, source in dict(sources).items():
+      by_name[get_game(key).name] = source
+    missing = [g for g in names if g not in by_name]
+    extra = [g for g in by_name if g not in names]
+    if missing or extra:
+      raise ValueError(f"sources must name exactly the games {names}: missing {missing}, "
+                       f"not in games {extra}.")
+    for name, value in (("refresh_every", refresh_every), ("refresh_episodes", refresh_episodes),
+                        ("seed", seed), ("host_index", host_index)):
+      if int(value) != value or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+    self.counts = split_batch(batch_size, game_weights or [1] * len(names), names)
+    self.batch_size = int(batch_size)
+    self.block_size = math.gcd(*self.counts)
+    self.pools = tuple(FramePool(g, pool_frames, n_step=n_step, gamma=gamma,
+                                 stack_size=stack_size, checkpoint_range=checkpoint_range)
+                       for g in self.games)
+    self._streams = tuple(_Stream(as_source(by_name[g])) for g in names)
+    self.refresh_every, self.refresh_episodes = int(refresh_every), int(refresh_episodes)
+    self.cycle, self.seed, self.host_index = bool(cycle), int(seed), int(host_index)
+    self._game_id = np.repeat(np.arange(len(names), dtype=np.int32), self.counts)
+    self._bounds = np.concatenate([[0], np.cumsum(self.counts)])
+    self._step = 0
+    self._filled = False
+
+  @property
+  def step(self) -> int:
+    """The step of the next batch `next()` returns."""
+    return self._step
+
+  def _fingerprint(self) -> dict:
+    pool = self.pools[0]
+    return dict(games=[g.name for g in self.games], counts=list(self.counts),
+                pool_frames=pool.capacity, n_step=pool.n_step, gamma=pool.gamma,
+                stack_size=pool.stack_size,
+                checkpoint_range=list(pool.checkpoint_range) if pool.checkpoint_range else None,
+                refresh_every=self.refresh_every, refresh_episodes=self.refresh_episodes,
+                cycle=self.cycle, seed=self.seed, host_index=self.host_index)
+
+  # -- Reading the streams. -----------------------------------------------------------------
+  def _read(self, g: int, during_fill: bool) -> Optional[tuple[int, Episode]]:
+    """The next raw (position, episode) of game g's stream; None when it has run out.
+
+    Outside the fill, with `cycle`, a source that runs out starts its next pass from 0.
+    """
+    stream = self._streams[g]
+    if stream.iterator is None:
+      stream.open()
+    episode = next(stream.iterator, None)
+    if episode is None and not during_fill and self.cycle and stream.consumed:
+      if stream.epoch_length is None:
+        stream.epoch_length = stream.consumed
+      elif stream.consumed % stream.epoch_length:
+        raise ValueError(f"game {self.games[g].name!r}: the episode source yielded "
+                         f"{stream.epoch_length} episodes in its first pass but "
+                         f"{stream.consumed % stream.epoch_length} in a later one; a source "
+                         f"must yield the same stream on every call.")
+      stream.iterator = iter(stream.source(0))
+      episode = next(stream.iterator, None)
+    if episode is None:
+      return None
+    stream.consumed += 1
+    return stream.consumed - 1, episode
+
+  def _fill(self) -> None:
+    """Fills every pool until an ingest evicts or its source runs out (see module docstring)."""
+    for g, (pool, stream) in enumerate(zip(self.pools, self._streams)):
+      while True:
+        item = self._read(g, during_fill=True)
+        if item is None:
+          stream.resident = True
+          break
+        before = pool.num_episodes
+        if pool.add(item[1], item[0]) and pool.num_episodes <= before:
+          break  # It evicted: the pool is full.
+        if pool.num_frames == pool.capacity:
+          break
+      if pool.num_transitions == 0:
+        kept = f" with checkpoint_id in {pool.checkpoint_range}" if pool.checkpoint_range else ""
+        raise ValueError(f"game {pool.game.name!r}: its episode source yielded no episodes"
+                         f"{kept} ({stream.consumed} read); every game needs data.")
+    self._filled = True
+
+  def _refresh(self) -> None:
+    for g, (pool, stream) in enumerate(zip(self.pools, self._streams)):
+      added = 0
+      while added < self.refresh_episodes and not (stream.resident or stream.ended):
+        item = self._read(g, during_fill=False)
+        if item is None:
+          stream.ended = True
+          break
+        added += pool.add(item[1], item[0])
+
+  # -- Batches. -----------------------------------------------------------------------------
+  def sample(self, step: int) -> Batch:
+    """The batch of `step` from the pools as they are (no refresh)."""
+    if not self._filled:
+      self._fill()
+    rng = np.random.default_rng([self.seed, self.host_index, int(step)])
+    b, shape = self.batch_size, (*FRAME_SHAPE, self.pools[0].stack_size)
+    obs, next_obs = np.empty((b, *shape), np.uint8), np.empty((b, *shape), np.uint8)
+    action, reward = np.empty(b, np.int32), np.empty(b, np.float32)
+    discount = np.empty(b, np.float32)
+    for pool, lo, hi in zip(self.pools, self._bounds[:-1], self._bounds[1:]):
+      u = rng.integers(0, pool.num_transitions, size=hi - lo)
+      pool.gather(u, obs[lo:hi], next_obs[lo:hi], action[lo:hi], reward[lo:hi],
+                  discount[lo:hi])
+    return Batch(observation=obs, action=action, reward=reward, discount=discount,
+                 next_observation=next_obs, game_id=self._game_id.copy())
+
+  def __iter__(self) -> "MultiGameSampler":
+    return self
+
+  def __next__(self) -> Batch:
+    if not self._filled:
+      self._fill()
+    if self.refresh_every and self._step > 0 and self._step % self.refresh_every == 0:
+      self._refresh()
+    batch = self.sample(self._step)
+    self._step += 1
+    return batch
+
+  next_batch = __next__
+
+  # -- State. -------------------------------------------------------------------------------
+  def state_dict(self) -> dict:
+    """What a resumed run needs to continue with exactly the next batches (JSON-serializable)."""
+    games = None
+    if self._filled:
+      games = {}
+      for pool, stream in zip(self.pools, self._streams):
+        oldest = pool.oldest
+        games[pool.game.name] = dict(
+            consumed=stream.consumed, epoch_length=stream.epoch_length,
+            resident=stream.resident, ended=stream.ended,
+            first_live=oldest.position, first_live_frame=oldest.start,
+            num_episodes=pool.num_episodes, num_frames=pool.num_frames)
+    return dict(version=STATE_VERSION, step=self._step, config=self._fingerprint(), games=games)
+
+  def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    """Restores a `state_dict()`: re-reads each game's live window of its stream."""
+    if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+      raise ValueError(f"not a sampler state of version {STATE_VERSION}: "
+                       f"{str(state)[:200]}")
+    mine = self._fingerprint()
+    diff = {k: (state["config"].get(k), v) for k, v in mine.items()
+            if state["config"].get(k) != v}
+    if diff:
+      raise ValueError(f"the sampler state was saved with another configuration; "
+                       f"(saved, now) per field: {diff}.")
+    self._step = int(state["step"])
+    if state["games"] is None:
+      self._filled = False
+      for stream in self._streams:
+        stream.iterator, stream.consumed = None, 0
+        stream.epoch_length, stream.resident, stream.ended = None, False, False
+      for pool in self.pools:
+        pool.clear()
+      return
+    for g, (pool, stream) in enumerate(zip(self.pools, self._streams)):
+      saved = state["games"][pool.game.name]
+      stream.epoch_length = saved["epoch_length"]
+      stream.resident, stream.ended = bool(saved["resident"]), bool(saved["ended"])
+      stream.consumed = int(saved["first_live"])
+      stream.iterator = None
+      pool.clear(int(saved["first_live_frame"]))
+      while stream.consumed < int(saved["consumed"]):
+        item = self._read(g, during_fill=False)
+        if item is None:
+          break
+        pool.add(item[1], item[0])
+      got = (stream.consumed, pool.num_episodes, pool.num_frames)
+      want = (int(saved["consumed"]), int(saved["num_episodes"]), int(saved["num_frames"]))
+      if got != want:
+        raise ValueError(f"game {pool.game.name!r}: re-reading the episode source from position "
+                         f"{saved['first_live']} gave (position, episodes, frames) {got}, but "
+                         f"the saved state has {want}: the source is not the one the state was "
+                         f"saved with.")
+    self._filled = True
+
+
+class Prefetcher:
+  """Runs `sampler`'s batches in a background thread, up to `depth` ahead, in step order.
+
+  Same batches as the sampler alone; `state_dict()` is the state after the last batch returned,
+  so saving it beside a checkpoint resumes exactly. Call `close()` (or use `with`).
+  """
+
+  def __init__(self, sampler: MultiGameSampler, depth: int = 2):
+    if depth < 1:
+      raise ValueError(f"prefetch depth must be >= 1, got {depth}.")
+    self._sampler, self._depth = sampler, depth
+    self._thread = None
+    self._start()
+
+  def _start(self) -> None:
+    self._state = self._sampler.state_dict()
+    self._queue: queue.Queue = queue.Queue(self._depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._produce, name="sampler-prefetch", daemon=True)
+    self._thread.start()
+
+  def _put(self, item) -> None:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return
+      except queue.Full:
+        pass
+
+  def _produce(self) -> None:
+    try:
+      while not self._stop.is_set():
+        self._put((next(self._sampler), self._sampler.state_dict()))
+    except BaseException as e:  # pylint: disable=broad-except
+      self._put(e)
+
+  def __iter__(self) -> "Prefetcher":
+    return self
+
+  def __next__(self) -> Batch:
+    if self._thread is None:
+      raise RuntimeError("the Prefetcher is closed.")
+    item = self._queue.get()
+    if isinstance(item, BaseException):
+      self.close()
+      raise item
+    batch, self._state = item
+    return batch
+
+  def state_dict(self) -> dict:
+    return self._state
+
+  def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    self.close()
+    self._sampler.load_state_dict(state)
+    self._start()
+
+  def close(self) -> None:
+    if self._thread is None:
+      return
+    self._stop.set()
+    while self._thread.is_alive():
+      try:
+        self._queue.get(timeout=0.1)
+      except queue.Empty:
+        pass
+    self._thread = None
+
+  def __enter__(self) -> "Prefetcher":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
