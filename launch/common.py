@@ -47,3 +47,35 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     else:
       out[name] = list(value) if isinstance(value, tuple) else value
   return out
+
+
+def check_config_overrides(argv: list[str], flag: str = "config") -> None:
+  """Exits with a clear message for an unknown preset or `--config.a.b=` field, before absl
+  parses the flags (whose own error for these is a bare KeyError)."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+  if spec is None:
+    return
+  path, _, preset = spec.partition(":")
+  try:
+    config = load_config(path, preset or None)
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: --{flag}={spec}: {e}")
+  for arg in argv:
+    if not arg.startswith(f"--{flag}."):
+      continue
+    key = arg[len(flag) + 3:].split("=", 1)[0]
+    node = config
+    for i, part in enumerate(key.split(".")):
+      if not hasattr(node, "keys") or part not in node.keys():
+        where = ".".join(key.split(".")[:i]) or flag
+        known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a group)"
+        sys.exit(f"error: unknown config field {key!r} in {arg!r}; {where} has: {known}.")
+      node = node[part]
+
+
+def run(main) -> None:
+  """`absl.app.run(main)` after checking the config flags."""
+  from absl import app
+
+  check_config_overrides(sys.argv)
+  app.run(main)

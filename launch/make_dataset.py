@@ -36,6 +36,9 @@ _DATASET_NAME = flags.DEFINE_string(
     "dataset_name", None, f"Output dataset name (default: {rlds.DEFAULT_DATASET_NAME!r} for "
     f"--source=ale, {dqn_replay.DATASET_NAME!r} for --source=dqn_replay).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing game-run datasets.")
+_SKIP_EXISTING = flags.DEFINE_bool(
+    "skip_existing", False, "ale: keep existing game-run datasets and make only the missing ones "
+    "(what `make demo` does when run again).")
 # --source=ale
 _GAMES = flags.DEFINE_list("games", ["pong"], "ale: games (snake_case or ALE names).")
 _RUNS = flags.DEFINE_list("runs", ["1"], "ale: run numbers, e.g. 1,2,3 (each its own seed).")
@@ -122,7 +125,16 @@ def make_ale() -> None:
     if value < 1:
       raise app.UsageError(f"--{name} must be positive, got {value}.")
   dataset_name = _DATASET_NAME.value or rlds.DEFAULT_DATASET_NAME
-  _refuse_existing(_DATA_DIR.value, dataset_name, [(g, r) for g in game_list for r in runs])
+  wanted = [(g, r) for g in game_list for r in runs]
+  if _SKIP_EXISTING.value and not _OVERWRITE.value:
+    exists = lambda g, r: os.path.exists(os.path.join(_DATA_DIR.value, dataset_name,
+                                                      rlds.config_name(g, r)))
+    for g, r in wanted:
+      if exists(g, r):
+        print(f"keeping the existing dataset {rlds.config_name(g, r)} in "
+              f"{os.path.join(_DATA_DIR.value, dataset_name)}")
+    wanted = [(g, r) for g, r in wanted if not exists(g, r)]
+  _refuse_existing(_DATA_DIR.value, dataset_name, wanted)
   if _POLICY.value == "random":
     policy = generate.random_policy()
   else:
@@ -130,13 +142,15 @@ def make_ale() -> None:
     policy = generate.epsilon_greedy(
         q_policy, _EPSILON_START.value, _EPSILON_END.value,
         _RANDOM_EPISODE_PROB.value if _POLICY.value == "mixture" else 0.0)
-  total = len(game_list) * len(runs) * _CHECKPOINTS_PER_RUN.value * _STEPS_PER_CHECKPOINT.value
+  total = len(wanted) * _CHECKPOINTS_PER_RUN.value * _STEPS_PER_CHECKPOINT.value
   rlds.features()  # Imports TensorFlow now, so that the progress bar's first rate is honest.
   results = []
   with tqdm.tqdm(total=total, desc="emulator", unit="step", dynamic_ncols=True,
                  file=sys.stdout, mininterval=1.0) as bar:
     for game_index, game in enumerate(game_list):
       for run in runs:
+        if (game, run) not in wanted:
+          continue
         bar.set_description(f"{game.name} run {run}")
         splits = generate.generate_run(
             _DATA_DIR.value, game, run, num_checkpoints=_CHECKPOINTS_PER_RUN.value,

@@ -7,6 +7,7 @@ Shapes come from `jax.eval_shape`, so even the 80M-parameter model costs no memo
 from absl import app
 from ml_collections import config_flags
 
+from launch import common
 from scaled_ql import games as games_lib
 from scaled_ql import networks
 
@@ -60,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

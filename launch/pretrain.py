@@ -12,12 +12,11 @@ update step -> loop (progress, TensorBoard, checkpoints, NaN guard).
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 import numpy as np
 from ml_collections import config_flags
@@ -37,7 +36,7 @@ _AUTO = flags.DEFINE_bool("distributed_auto", False,
 
 def run_meta(config) -> dict:
   """What the checkpoint's parameters mean; a resume must agree on all of it."""
-  return dict(model=common.flatten(config.model), games=list(config.games),
+  return dict(model=common.flatten(config.model.to_dict()), games=list(config.games),
               loss_kind=config.loss.kind)
 
 
@@ -64,10 +63,9 @@ def make_sources(config, host: int, hosts: int) -> dict:
 
   def source(game):
     def episodes(start: int):
-      stream = data.read_episodes(d.data_dir, game, runs=list(d.runs) or None,
-                                  checkpoints=checkpoint_ids, shard_index=host,
-                                  num_shards=hosts)
-      return itertools.islice(stream, start, None)
+      return data.read_episodes(d.data_dir, game, runs=list(d.runs) or None,
+                                checkpoints=checkpoint_ids, shard_index=host, num_shards=hosts,
+                                start=start)
     return episodes
 
   return {g: source(g) for g in config.games}
@@ -102,8 +100,7 @@ def main(argv):
     check_resume_compatible(ckpt.read_meta(ckpt.all_steps()[-1]), meta, workdir)
   if host == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(common.flatten(config), f, indent=1)
-  logging.info("config:\n%s", config)
+      json.dump(common.flatten(config.to_dict()), f, indent=1)
 
   # -- Data: this host's share of every game, game-blocked batches, prefetched. -------------
   sampler = data.MultiGameSampler(
@@ -204,4 +201,4 @@ def print_curve(history: list[dict], rows: int = 12) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -333,3 +333,25 @@ def test_bad_directories_and_metadata(tmp_path, episodes):
   os.remove(os.path.join(path, "dataset_info.json"))
   with pytest.raises(rlds.DatasetError, match="holds no finished TFDS dataset"):
     rlds.read_episodes(tmp_path, GAME)
+
+
+def test_start_skips_episodes_without_changing_the_rest(tmp_path):
+  """`start` (used to resume a sampler's stream) gives exactly the tail of the full stream."""
+  from scaled_ql import data
+  rng = np.random.default_rng(0)
+  with data.EpisodeWriter(str(tmp_path), "pong", 1, shard_bytes=20_000) as writer:
+    for i in range(7):
+      t = int(rng.integers(3, 9))
+      writer.write(data.make_episode(
+          rng.integers(0, 256, (t, 84, 84), dtype=np.uint8), rng.integers(0, 6, t),
+          rng.normal(size=t).astype(np.float32), terminated=bool(i % 2),
+          checkpoint_id=i // 3, episode_id=i))
+  full = list(data.read_episodes(str(tmp_path), "pong"))
+  assert len(full) == 7
+  for start in (0, 1, 3, 6, 7, 9):
+    tail = list(data.read_episodes(str(tmp_path), "pong", start=start))
+    assert [e["episode_id"] for e in tail] == [e["episode_id"] for e in full[start:]]
+    for a, b in zip(tail, full[start:]):
+      np.testing.assert_array_equal(a["observation"], b["observation"])
+  with pytest.raises(ValueError, match="start must be >= 0"):
+    data.read_episodes(str(tmp_path), "pong", start=-1)

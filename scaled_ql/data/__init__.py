@@ -12,3 +12,6 @@ from scaled_ql.data.generate import BehaviourPolicy, PolicyFn, epsilon_greedy, g
 from scaled_ql.data.rlds import (DEFAULT_DATASET_NAME, DatasetError, DatasetExistsError,
                                  DatasetSource, EpisodeWriter, SplitSummary, checkpoint_split,
                                  config_name, find_sources, make_episode, read_episodes)
+from scaled_ql.data.batch import Batch
+from scaled_ql.data.sampler import (FramePool, MultiGameSampler, Prefetcher, split_batch,
+                                    validate_episode)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -837,7 +838,8 @@ def read_episodes(data_dir: str, game: Union[str, Game], *,
                   checkpoints: CheckpointSelection = None,
                   runs: Optional[Iterable[int]] = None, shard_index: int = 0,
                   num_shards: int = 1, dataset: Optional[str] = None,
-                  parallelism: Optional[int] = None) -> Iterator[dict[str, Any]]:
+                  parallelism: Optional[int] = None,
+                  start: int = 0) -> Iterator[dict[str, Any]]:
   """Yields the game's episodes as dicts of NumPy arrays, lazily, one episode at a time.
 
   Every source layout gives the same episodes (see the module docstring): step arrays
@@ -858,6 +860,9 @@ def read_episodes(data_dir: str, game: Union[str, Game], *,
     parallelism: episodes parsed and decoded concurrently, and with a number the size of a
       private thread pool for it (None: 2 episodes, TF's shared thread pool); memory holds
       about parallelism + 2 decoded episodes.
+    start: skip the first `start` episodes of this selection: whole files and records are
+      skipped without decoding (where the selection is one per-checkpoint split per file, as in
+      ours and rlu_atari_checkpoints*), so resuming a stream deep into a dataset is cheap.
 
   Order: runs ascending, then splits, then episodes as stored; deterministic. Checks (missing
   runs or checkpoints, wrong features, missing shard files) happen before the first episode;
@@ -877,4 +882,22 @@ def read_episodes(data_dir: str, game: Union[str, Game], *,
         if missing:
           raise DatasetError(f"{source.path} has no checkpoint(s) {missing}; it has "
                              f"{list(source.checkpoint_ids)}.")
-  return _iterate(_plan(sources, wanted, shard_index, num_shards), wanted, parallelism)
+  if _as_int(start, "start") < 0:
+    raise ValueError(f"start must be >= 0, got {start}.")
+  tasks = _plan(sources, wanted, shard_index, num_shards)
+  filtered = wanted is not None and any(not s.split_by_checkpoint for s in sources)
+  if filtered:  # Records are filtered on metadata: positions are known only after parsing.
+    return itertools.islice(_iterate(tasks, wanted, parallelism), start, None)
+  return _iterate(_skip(tasks, start), wanted, parallelism)
+
+
+def _skip(tasks, start: int):
+  """The read tasks without their first `start` episodes (every record of a task is kept)."""
+  out = []
+  for source, task in tasks:
+    if start >= task.take:
+      start -= task.take
+      continue
+    out.append((source, dataclasses.replace(task, skip=task.skip + start, take=task.take - start)))
+    start = 0
+  return out

@@ -1,0 +1,119 @@
+"""`launch.pretrain` end to end: resume after SIGKILL, corrupt newest checkpoint, bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import load_config
+from scaled_ql import checkpoints, data, learner, networks
+
+GAMES = ("pong", "breakout", "freeway")
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp("data")
+  for i, game in enumerate(GAMES):
+    data.generate_run(str(root), game, 1, num_checkpoints=2, steps_per_checkpoint=150, seed=i)
+  return str(root)
+
+
+def _cmd(workdir, dataset, *extra, steps=STEPS):
+  return [sys.executable, "-m", "launch.pretrain", "--config=configs/pretrain.py:tiny",
+          f"--workdir={workdir}", f"--config.data.data_dir={dataset}",
+          f"--config.num_steps={steps}", "--config.checkpoint_every=10",
+          "--config.data.pool_frames_per_game=400", "--config.data.refresh_every=3", *extra]
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _run(repo, cmd):
+  result = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, timeout=600)
+  return result
+
+
+def _final_params(workdir):
+  config = load_config("configs/pretrain.py", "tiny")
+  model = networks.build_q_network(config.model, len(config.games))
+  abstract = learner.abstract_train_state(model, learner.make_optimizer(config.optimizer))
+  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), save_interval_steps=10)
+  restored = ckpt.restore_latest(abstract)
+  ckpt.close()
+  assert restored.step == STEPS
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(restored.state)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(repo, dataset, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  result = _run(repo, _cmd(workdir, dataset))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "done: step 30" in result.stdout
+  assert (workdir / "metrics.jsonl").exists() and os.listdir(workdir / "tensorboard")
+  return _final_params(str(workdir))
+
+
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted(repo, dataset, tmp_path, uninterrupted):
+  cmd = _cmd(tmp_path, dataset)
+  proc = subprocess.Popen(cmd, cwd=repo, env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.time() + 300
+  ckpt_dir = tmp_path / "checkpoints"
+  while time.time() < deadline and proc.poll() is None:
+    if (ckpt_dir / "10").exists():  # A committed checkpoint: kill in the middle of the run.
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (ckpt_dir / "30").exists()
+  result = _run(repo, cmd)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resumed from step" in result.stdout
+  for a, b in zip(_final_params(str(tmp_path)), uninterrupted):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_newest_checkpoint_resumes_from_previous(repo, dataset, tmp_path, uninterrupted):
+  first = _run(repo, _cmd(tmp_path, dataset, steps=20))
+  assert first.returncode == 0, first.stderr[-3000:]
+  for path in (tmp_path / "checkpoints" / "20" / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 0:
+      path.write_bytes(b"corrupt")
+  result = _run(repo, _cmd(tmp_path, dataset))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "checkpoint at step 20 is unreadable" in result.stdout
+  assert "resumed from step 10" in result.stdout
+  for a, b in zip(_final_params(str(tmp_path)), uninterrupted):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_input_fails_before_training(repo, dataset, tmp_path):
+  cases = [
+      (["--config=configs/pretrain.py:tiny_typo"], "unknown preset 'tiny_typo'"),
+      (["--config.model.widht=2"], "unknown config field 'model.widht'"),
+      (["--config.batch_size=2"], "fewer than the 3 games"),
+      (["--config.data.data_dir=" + str(tmp_path / "nothing")], "does not exist"),
+  ]
+  for extra, message in cases:
+    result = _run(repo, _cmd(tmp_path / "w", dataset) + extra)
+    assert result.returncode != 0 and message in result.stdout + result.stderr, (extra, result.stderr[-2000:])
+    assert not (tmp_path / "w" / "checkpoints").exists() or not os.listdir(tmp_path / "w" / "checkpoints")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  result = _run(repo, _cmd(tmp_path / "w2", str(empty)))
+  assert result.returncode != 0 and "pong" in (result.stdout + result.stderr).lower()
+  # A workdir holding another architecture's checkpoint is refused before training.
+  done = _run(repo, _cmd(tmp_path / "w3", dataset, steps=10))
+  assert done.returncode == 0, done.stderr[-3000:]
+  other = _run(repo, _cmd(tmp_path / "w3", dataset) + ["--config.model.feature_dim=48"])
+  assert other.returncode != 0
+  assert "another architecture (model.feature_dim: checkpoint 32 vs config 48)" in other.stderr
