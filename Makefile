@@ -21,8 +21,18 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# The main job at laptop scale: a 3-game dataset from the emulator (uniformly random behaviour,
+# 3 checkpoints per game), pre-training of the `demo` preset, and its result table. Run again,
+# it keeps the dataset and resumes (or reports) the finished run.
+DEMO_GAMES ?= pong,breakout,freeway
+DEMO_STEPS ?= 4000
+
 demo: $(STAMP)
-	$(PY) -m launch.demo --workdir=$(WORKDIR)
+	$(PY) -m launch.make_dataset --source=ale --games=$(DEMO_GAMES) --runs=1 \
+	  --checkpoints_per_run=3 --steps_per_checkpoint=$(DEMO_STEPS) --policy=random --seed=0 \
+	  --data_dir=$(WORKDIR)/data --skip_existing
+	$(PY) -m launch.pretrain --config=configs/pretrain.py:demo --workdir=$(WORKDIR) \
+	  --config.data.data_dir=$(WORKDIR)/data
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=15 tests

@@ -74,8 +74,11 @@ def check_config_overrides(argv: list[str], flag: str = "config") -> None:
 
 
 def run(main) -> None:
-  """`absl.app.run(main)` after checking the config flags."""
+  """`absl.app.run(main)` after checking the config flags; library INFO logs (TFDS, Orbax)
+  are hidden unless --verbosity is given, so the progress bar and results stay readable."""
   from absl import app
 
   check_config_overrides(sys.argv)
+  if not any(a.startswith(("--verbosity", "-v=", "--v=")) for a in sys.argv):
+    sys.argv.insert(1, "--verbosity=-1")  # absl: -1 = WARNING.
   app.run(main)

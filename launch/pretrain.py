@@ -137,7 +137,6 @@ def main(argv):
   writer = common.metric_writer(os.path.join(workdir, "tensorboard"))
   bar = common.progress(config.num_steps, initial=start)
   pending, wait, window_start, window_steps = None, 0.0, time.time(), 0
-  history = []
 
   def check(step_metrics, step):
     values = {k: float(v) for k, v in step_metrics.items()}
@@ -165,10 +164,9 @@ def main(argv):
         elapsed = time.time() - window_start
         values.update(steps_per_second=window_steps / elapsed, data_wait_fraction=wait / elapsed)
         writer.write_scalars(step, values)
-        history.append(dict(step=step, **values))
         if host == 0:
           with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(history[-1]) + "\n")
+            f.write(json.dumps(dict(step=step, **values)) + "\n")
         wait, window_start, window_steps = 0.0, time.time(), 0
       if step % config.checkpoint_every == 0 or step == config.num_steps:
         check(metrics, step)
@@ -180,8 +178,11 @@ def main(argv):
     writer.flush()
     ckpt.wait()
     ckpt.close()
-  if host == 0:
-    print_curve(history)
+  if host == 0 and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      # The whole run's curve, across resumes (a rerun after a crash may repeat some steps).
+      by_step = {h["step"]: h for h in map(json.loads, f)}
+    print_curve([by_step[k] for k in sorted(by_step)])
     print(f"done: step {config.num_steps}; checkpoints in {ckpt.directory}; TensorBoard logs "
           f"in {os.path.join(workdir, 'tensorboard')}; scalars in "
           f"{os.path.join(workdir, 'metrics.jsonl')}", flush=True)
