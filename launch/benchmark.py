@@ -18,6 +18,7 @@ import time
 from typing import Callable
 
 from absl import app, flags, logging
+from launch import common
 import numpy as np
 
 from scaled_ql import games as games_lib
@@ -158,4 +159,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -25,6 +25,7 @@ import sys
 from typing import Callable
 
 from absl import app, flags
+from launch import common
 import tqdm
 
 from scaled_ql import games as games_lib
@@ -206,4 +207,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

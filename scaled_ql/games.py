@@ -125,7 +125,8 @@ def get_game(name: str) -> Game:
     raise TypeError(f"game name must be a string, got {type(name).__name__}: {name!r}")
   game = GAMES.get(name) or _BY_ALE_NAME.get(name.lower())
   if game is None:
-    close = difflib.get_close_matches(name.lower(), list(GAMES) + list(_BY_ALE_NAME), n=3)
+    close = difflib.get_close_matches(name.lower(), list(GAMES) + list(_BY_ALE_NAME), n=6)
+    close = list(dict.fromkeys((GAMES.get(c) or _BY_ALE_NAME[c]).name for c in close))[:3]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(f"unknown game {name!r}.{hint} Known games: {', '.join(sorted(GAMES))}.")
   return game
