@@ -75,6 +75,7 @@ def _base() -> ml_collections.ConfigDict:
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.model_axis_size = 1  # devices per parameter shard (within a host); 1 = replicate.
+  c.parallel.min_shard_size = 2**18  # arrays with fewer elements stay replicated.
 
   c.checkpoint_every = 5000  # steps between (asynchronous) checkpoints.
   c.keep_checkpoints = 3

@@ -114,7 +114,7 @@ def main(argv):
   # -- Model, optimizer, train state: restored (any device count) or initialised. ----------
   optimizer = learner.make_optimizer(config.optimizer)
   abstract = learner.abstract_train_state(model, optimizer)
-  shardings = learner.state_shardings(mesh, abstract)
+  shardings = learner.state_shardings(mesh, abstract, config.parallel.min_shard_size)
   restored = ckpt.restore_latest(abstract, shardings)
   if restored is not None:
     state, start = restored.state, restored.step

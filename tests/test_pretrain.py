@@ -96,6 +96,24 @@ def test_corrupt_newest_checkpoint_resumes_from_previous(repo, dataset, tmp_path
     np.testing.assert_array_equal(a, b)
 
 
+def test_checkpoint_of_a_sharded_4_device_run_resumes_on_1_device(repo, dataset, tmp_path,
+                                                                  uninterrupted):
+  """20 steps on a (data 2, model 2) mesh with parameters split over `model`, then the last
+  10 on one device: the result equals the 1-device run up to float reassociation."""
+  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  first = subprocess.run(
+      _cmd(tmp_path, dataset, "--config.parallel.model_axis_size=2",
+           "--config.parallel.min_shard_size=1024", steps=20),
+      cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "4 devices" in first.stdout
+  result = _run(repo, _cmd(tmp_path, dataset))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resumed from step 20" in result.stdout and "1 devices" in result.stdout
+  for a, b in zip(_final_params(str(tmp_path)), uninterrupted):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_bad_input_fails_before_training(repo, dataset, tmp_path):
   cases = [
       (["--config=configs/pretrain.py:tiny_typo"], "unknown preset 'tiny_typo'"),
