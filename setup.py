@@ -11,7 +11,7 @@ INSTALL_REQUIRES = [
     "jaxlib==0.4.34",
     "flax==0.10.4",
     "optax==0.2.5",
-    "orbax-checkpoint>=0.11,<0.12",
+    "orbax-checkpoint==0.11.0",  # 0.11.1+ need a coordination-service call jaxlib 0.4.34 lacks.
     "chex==0.1.90",
     "ml-collections>=0.1.1",
     "absl-py>=2.1",

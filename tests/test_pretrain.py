@@ -114,6 +114,23 @@ def test_checkpoint_of_a_sharded_4_device_run_resumes_on_1_device(repo, dataset,
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_two_processes_checkpoint_and_resume(repo, dataset, tmp_path):
+  """launch/run_local_processes.sh: 2 processes (gloo) save multi-host checkpoints and resume."""
+  args = _cmd(tmp_path / "run", dataset, steps=20)[3:]
+  env = dict(_env(), PYTHON=sys.executable, LOG_DIR=str(tmp_path), DEVICES_PER_PROCESS="1")
+  for steps in (20, 30):
+    args = [a if not a.startswith("--config.num_steps=") else f"--config.num_steps={steps}"
+            for a in args]
+    result = subprocess.run(["bash", "launch/run_local_processes.sh", "2", *args], cwd=repo,
+                            env=env, capture_output=True, text=True, timeout=600)
+    logs = "".join((tmp_path / f"scaled_ql_process_{i}.log").read_text() for i in range(2))
+    assert result.returncode == 0, logs[-3000:]
+    assert f"done: step {steps}" in result.stdout
+    assert "2 devices x 2 hosts" in result.stdout or steps == 30
+  assert "resumed from step 20" in result.stdout
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["10", "20", "30"]
+
+
 def test_bad_input_fails_before_training(repo, dataset, tmp_path):
   cases = [
       (["--config=configs/pretrain.py:tiny_typo"], "unknown preset 'tiny_typo'"),
