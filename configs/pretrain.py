@@ -80,6 +80,18 @@ def _base() -> ml_collections.ConfigDict:
   c.checkpoint_every = 5000  # steps between (asynchronous) checkpoints.
   c.keep_checkpoints = 3
   c.log_every = 100  # steps between TensorBoard scalars.
+
+  # Evaluation during pre-training (scaled_ql.evaluation.periodic): every `eval_every` steps
+  # (0 = never) the current parameters play every game under the evaluation protocol; scores go
+  # to TensorBoard (eval/iqm, eval/median, eval/mean, eval/hns/<game>, eval/return/<game>) and
+  # WORKDIR/eval.jsonl (learning curves in launch.report).
+  c.eval_every = 0
+  c.eval = ml_collections.ConfigDict()
+  c.eval.episodes_per_game = 2  # few: a trend; `launch.evaluate` gives the result to report.
+  c.eval.envs_per_game = 2
+  c.eval.epsilon = 0.001  # [SQL] evaluation epsilon (the Machado et al. 2018 protocol).
+  c.eval.max_steps_per_episode = 0  # 0 = the protocol's 27,000 agent steps (108,000 frames).
+  c.eval.seed = 0
   return c
 
 

@@ -142,8 +142,49 @@ def disk_ingest(game: str, capacity: int) -> None:
               f"{startup['wall']:.2f}s start-up)")
 
 
+def eval_benchmark() -> None:
+  """Evaluation rollouts: agent steps / s / core including the policy (scaled_ql.evaluation).
+
+  The real `run_episodes` loop (VectorAtariEnv in this process, the jitted greedy policy of a
+  freshly initialised Nature-CNN network, epsilon 0.001), each env playing one episode cut at
+  400 steps; 1 game x 8 envs, then 4 games x 2 envs and 8 games x 1 env (one compiled policy
+  for the mix). The env alone (uniform random actions, no network) is timed for reference: the
+  difference is the policy's cost. Rates count the stepping loop (CPU time of this process, all
+  threads), not building the envs.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from scaled_ql import evaluation, networks  # pylint: disable=g-import-not-at-top
+
+  steps, goal = 400, 3000
+  layouts = (("1 game", ("pong",), 8), ("4 games", ("pong", "breakout", "freeway", "qbert"), 2),
+             ("8 games", ("pong", "breakout", "freeway", "qbert", "seaquest", "space_invaders",
+                          "ms_pacman", "enduro"), 1))
+  heads = tuple(dict.fromkeys(g for _, names, _ in layouts for g in names))
+  model = networks.build_q_network(dict(encoder="nature", spatial_features=8, feature_dim=64,
+                                        num_atoms=51), len(heads))
+  params = networks.init_params(model, jax.random.PRNGKey(0))
+  print(f"== eval: rollouts with a Nature-CNN policy ({networks.count_params(params):,} "
+        f"parameters, {len(heads)} heads, C51) on {jax.default_backend()}, epsilon 0.001, "
+        f"sticky actions, {steps} steps per env, envs in this process")
+  for name, games, k in layouts:
+    greedy = evaluation.make_greedy_policy(model, params, loss_kind="c51", head_games=heads,
+                                           games=games)
+    greedy(np.zeros((len(games) * k, 84, 84, 4), np.uint8),
+           np.repeat(np.arange(len(games)), k))  # Compiles outside the timing.
+    for label, policy in (("policy + env", greedy), ("env only", None)):
+      played = evaluation.run_episodes(policy, games, k, envs_per_game=k, seed=0,
+                                       max_steps_per_episode=steps)
+      share = played.policy_seconds / played.seconds
+      report(f"eval {name} x {k} envs, {label}", played.agent_steps / played.cpu_seconds, goal,
+             "agent steps/s",
+             note=f"(wall: {played.agent_steps / played.seconds:,.0f}/s"
+                  + (f"; policy {share:.0%} of wall time" if policy else "")
+                  + f"; building the envs took {played.setup_seconds:.2f}s, not counted)")
+
+
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "sampler": sampler_benchmark,
+    "eval": eval_benchmark,
 }
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from launch import common
-from scaled_ql import checkpoints, data, games, learner, losses, networks, parallel
+from scaled_ql import checkpoints, data, evaluation, games, learner, losses, networks, parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset.",
                                           lock_config=True)
@@ -71,6 +71,43 @@ def make_sources(config, host: int, hosts: int) -> dict:
   return {g: source(g) for g in config.games}
 
 
+# >>> periodic evaluation (issue 5) >>>
+def check_eval_config(config) -> None:
+  """Bad `config.eval_every` / `config.eval.*` values fail at start-up, naming the field."""
+  if config.eval_every < 0:
+    raise ValueError(f"config.eval_every must be >= 0 (0 = never), got {config.eval_every}.")
+  if config.eval_every:
+    e = config.eval
+    try:
+      evaluation.check_budget(e.episodes_per_game, e.envs_per_game, e.epsilon,
+                              e.max_steps_per_episode or None)
+    except ValueError as err:
+      raise ValueError(f"config.eval: {err}") from err
+
+
+def evaluate_periodically(config, model, params, names, step: int, workdir: str, writer) -> str:
+  """Plays the current parameters (config.eval) and logs the scores to TensorBoard and
+  eval.jsonl. Returns a one-line summary on process 0, '' elsewhere."""
+  if jax.process_count() > 1:  # Every process takes part in the gather; process 0 plays.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    params = multihost_utils.process_allgather(params)
+  if jax.process_index() != 0:
+    return ""
+  e = config.eval
+  result = evaluation.evaluate_during_training(
+      model, params, names, loss_kind=config.loss.kind, episodes_per_game=e.episodes_per_game,
+      envs_per_game=e.envs_per_game, epsilon=e.epsilon, seed=e.seed,
+      max_steps_per_episode=e.max_steps_per_episode or None, v_min=config.loss.v_min,
+      v_max=config.loss.v_max)
+  writer.write_scalars(step, evaluation.scalars(result))
+  evaluation.append_jsonl(os.path.join(workdir, evaluation.EVAL_LOG), step, result)
+  iqm = (f"IQM {result.aggregates.iqm.value:.3f}" if result.aggregates
+         else "no game with reference scores")
+  return (f"eval at step {step}: {iqm}; returns "
+          + ", ".join(f"{g.game} {g.mean_return:.1f}" for g in result.games))
+# <<< periodic evaluation (issue 5) <<<
+
+
 def main(argv):
   del argv
   # -- Start-up and checks: everything that can be wrong fails here, before long work. -------
@@ -82,6 +119,7 @@ def main(argv):
   names = tuple(g.name for g in game_list)
   losses.check_loss_config(config.loss.kind, config.model.num_atoms, config.loss.cql_alpha,
                            config.loss.n_step, config.loss.gamma)
+  check_eval_config(config)  # Periodic evaluation (issue 5).
   model = networks.build_q_network(config.model, len(names))
   if not config.data.data_dir:
     raise ValueError("config.data.data_dir is empty: point it at a dataset directory "
@@ -172,6 +210,14 @@ def main(argv):
         check(metrics, step)
         host_states = parallel.allgather_json(prefetch.state_dict())
         ckpt.save(step, state, {"hosts": host_states}, meta, force=step == config.num_steps)
+      # >>> periodic evaluation (issue 5) >>>
+      if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
+        t = time.time()
+        summary = evaluate_periodically(config, model, state.params, names, step, workdir, writer)
+        if summary:
+          bar.write(summary)
+        window_start += time.time() - t  # Evaluation time is not training time (steps/s).
+      # <<< periodic evaluation (issue 5) <<<
   finally:
     bar.close()
     prefetch.close()
