@@ -9,20 +9,36 @@ on how busy the machine is; wall-clock rates are printed beside them.
 - sampler: sampled transitions per second per core at batch 512 (4-frame stacks, n = 3), host
   bytes per stored frame of the pools, and ingest frames per second per core from disk (an RLDS
   dataset made in the emulator, read with `scaled_ql.data.read_episodes`) into a pool.
+- learner: the C51 + CQL update step's steps/s and MFU (its FLOPs per second over a float32
+  matmul rate timed beside it) for Nature-CNN at batch 32 and 256 and ResNet-18/34 at batch 64;
+  the data-wait fraction of a real `demo` pre-training run; Nature-CNN throughput on 1, 2 and 4
+  forced host devices (one subprocess each).
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
 import tempfile
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from absl import app, flags, logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
 from launch import common
 import numpy as np
 
 from scaled_ql import games as games_lib
+from scaled_ql import learner, networks, parallel
 from scaled_ql.data import sampler as sampler_lib
+from scaled_ql.data.batch import Batch
+from scaled_ql.networks import qnetwork
 
 _WHAT = flags.DEFINE_string("what", "sampler", "Benchmark(s) to run, comma-separated.")
 _SAMPLER_GAMES = flags.DEFINE_list("sampler_games", ["pong", "breakout", "freeway", "qbert"],
@@ -32,6 +48,14 @@ _SAMPLER_POOL_FRAMES = flags.DEFINE_integer("sampler_pool_frames", 40_000,
 _SAMPLER_BATCHES = flags.DEFINE_integer("sampler_batches", 40, "Batches timed.")
 _INGEST_STEPS = flags.DEFINE_integer("ingest_env_steps", 3000,
                                      "Emulator steps written to disk for the ingest benchmark.")
+_LEARNER_ROUNDS = flags.DEFINE_integer(
+    "learner_rounds", 5, "Timing rounds per learner configuration (matmul, update steps, "
+    "matmul); medians over rounds are printed.")
+_LEARNER_DEMO_STEPS = flags.DEFINE_integer(
+    "learner_demo_steps", 300, "Steps of the real `demo` pre-training run timed for data wait.")
+_LEARNER_DEVICES_CHILD = flags.DEFINE_integer(
+    "learner_devices_child", 0, "Internal: time the Nature-CNN update on this many forced host "
+    "devices and print one JSON line (the learner benchmark runs it in a subprocess).")
 
 
 @contextlib.contextmanager
@@ -182,14 +206,311 @@ def eval_benchmark() -> None:
                   + f"; building the envs took {played.setup_seconds:.2f}s, not counted)")
 
 
+# -- learner: update-step MFU, data wait of a real run, forced host devices. ----------------
+
+LEARNER_GAMES = ("pong", "breakout", "freeway")
+# (label, config.model overrides of the paper_resnet34 preset, batch): issue 4's configurations.
+LEARNER_CASES = (("Nature-CNN", dict(encoder="nature"), 32),
+                 ("Nature-CNN", dict(encoder="nature"), 256),
+                 ("ResNet-18", dict(encoder="resnet", depth=18), 64),
+                 ("ResNet-34", dict(encoder="resnet", depth=34), 64))
+MFU_GOAL = 0.35  # Nature-CNN, C51 + CQL, batch 256 (issue 4).
+BEFORE = "Nature-CNN on flax.linen.Conv (before conv.py)"
+DATA_WAIT_GOAL = 0.05
+DEVICE_COUNTS = (1, 2, 4)
+# Our goal for forced host devices (the issue sets none): they share this machine's cores, so
+# splitting the batch over them should keep at least this share of the 1-device rate.
+DEVICE_SCALING_GOAL = 0.9
+_MATMUL_SIZE = 1024
+
+
+class _FlaxConvNatureCNN(nn.Module):
+  """NatureCNN as written on flax.linen.Conv before `networks.conv`: the "before" row."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i, (c, k, s) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
+      x = nn.relu(nn.Conv(c, (k, k), (s, s), padding="VALID", dtype=self.dtype,
+                          name=f"conv{i + 1}")(x))
+    return x
+
+
+@contextlib.contextmanager
+def _flax_conv_nature_cnn():
+  """Q-networks built inside this block get the flax.linen.Conv NatureCNN (same parameters)."""
+  make_encoder = qnetwork.make_encoder
+  qnetwork.make_encoder = lambda name, depth, width, dtype: (
+      _FlaxConvNatureCNN(dtype=dtype) if name == "nature" else
+      make_encoder(name, depth, width, dtype))
+  try:
+    yield
+  finally:
+    qnetwork.make_encoder = make_encoder
+
+
+def _learner_config(model_overrides: dict):
+  """The paper_resnet34 preset (C51 + CQL, Adam, paper head sizes) on LEARNER_GAMES."""
+  config = common.load_config("configs/pretrain.py", "paper_resnet34")
+  config.games = LEARNER_GAMES
+  config.model.update(model_overrides)
+  return config
+
+
+_matmul = {}
+
+
+def matmul_seconds() -> float:
+  """Best of 3 timings of a 1024 x 1024 float32 matmul: this run's reference rate is
+  2 * 1024^3 / this. Taken right beside each measurement, so machine load affects both."""
+  if not _matmul:
+    a = jnp.asarray(np.random.default_rng(0).random((_MATMUL_SIZE,) * 2, np.float32))
+    _matmul["f"], _matmul["args"] = jax.jit(jnp.matmul), (a, a)
+  f, args = _matmul["f"], _matmul["args"]
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def _conv_flops(eqn) -> float:
+  """2 x the multiply-adds of a (forward) convolution, counting only the kernel taps that fall
+  inside the input, not on SAME padding (as XLA's cost analysis counts)."""
+  p = eqn.params
+  lhs, kernel, out = (v.aval.shape for v in (*eqn.invars[:2], eqn.outvars[0]))
+  lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+  taps = 1
+  for i, (stride, (low, _), dilation) in enumerate(
+      zip(p["window_strides"], p["padding"], p["rhs_dilation"])):
+    size, k, n = lhs[lhs_spec[2 + i]], kernel[rhs_spec[2 + i]], out[out_spec[2 + i]]
+    offsets = np.arange(n)[:, None] * stride + np.arange(k)[None, :] * dilation - low
+    taps *= int(np.sum((offsets >= 0) & (offsets < size)))
+  batch_and_features = out[out_spec[0]] * out[out_spec[1]]
+  return 2.0 * batch_and_features * taps * kernel[rhs_spec[1]]
+
+
+def _jaxpr_flops(jaxpr) -> list[float]:
+  """FLOPs (2 x multiply-adds) of every dot_general and convolution, in program order,
+  nested jaxprs (jit, custom_vjp, ...) included."""
+  flops = []
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      depth = np.prod([eqn.invars[0].aval.shape[d] for d in lhs_contract])
+      flops.append(2.0 * np.prod(eqn.outvars[0].aval.shape) * depth)
+    elif name == "conv_general_dilated":
+      flops.append(_conv_flops(eqn))
+    for value in eqn.params.values():
+      for sub in (value if isinstance(value, (tuple, list)) else (value,)):
+        if isinstance(sub, jax.core.ClosedJaxpr):
+          flops += _jaxpr_flops(sub.jaxpr)
+        elif isinstance(sub, jax.core.Jaxpr):
+          flops += _jaxpr_flops(sub)
+  return flops
+
+
+def _analytic_update_flops(model, params, batch, block_size: int) -> float:
+  """Matmul and convolution FLOPs of one update from the forward pass's layer shapes: the
+  online forward (F), its backward (2F, less the first layer's input gradient, which nothing
+  needs) and the target network's forward (F)."""
+  jaxpr = jax.make_jaxpr(lambda p, x, g: model.apply({"params": p}, x, g, block_size))(
+      params, batch.observation, batch.game_id)
+  forward = _jaxpr_flops(jaxpr.jaxpr)
+  return 4 * sum(forward) - forward[0]
+
+
+def _update_case(config, batch_size: int, mesh) -> dict:
+  """The jitted C51 + CQL update of `config` (compiled) with its state and a game-blocked batch
+  laid out as the sampler does (split_counts, block = gcd of the counts)."""
+  names = tuple(config.games)
+  model = networks.build_q_network(config.model, len(names))
+  optimizer = learner.make_optimizer(config.optimizer)
+  shardings = learner.state_shardings(mesh, learner.abstract_train_state(model, optimizer))
+  state = learner.create_train_state(model, optimizer, jax.random.PRNGKey(0), shardings)
+  counts = parallel.split_counts(batch_size, len(names))
+  rng = np.random.default_rng(0)
+  frames = lambda: rng.integers(0, 256, (batch_size, 84, 84, 4), dtype=np.uint8)
+  game_id = np.repeat(np.arange(len(names), dtype=np.int32), counts)
+  actions = np.asarray([games_lib.get_game(names[g]).num_actions for g in game_id])
+  batch = Batch(observation=frames(), action=(rng.random(batch_size) * actions).astype(np.int32),
+                reward=rng.uniform(-1, 1, batch_size).astype(np.float32),
+                discount=np.full(batch_size, 0.97, np.float32), next_observation=frames(),
+                game_id=game_id)
+  block = math.gcd(*counts)
+  update = learner.jit_update(
+      learner.make_update_fn(model, optimizer, config.loss, games_lib.legal_action_mask(names),
+                             config.target_update_period, block), mesh, shardings)
+  batch = parallel.global_batch(batch, mesh)
+  compiled = update.lower(state, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # The cost analysis counts one device's share of the partitioned program.
+  return dict(update=compiled, state=state, batch=batch, batch_size=batch_size,
+              xla_flops=float(cost["flops"]) * mesh.devices.size,
+              analytic_flops=_analytic_update_flops(model, state.params, batch, block))
+
+
+def _time_update(case: dict, rounds: int) -> dict:
+  """Median over rounds of (MFU, step seconds); a round = matmul, the best of a few update
+  steps (about a second's worth), matmul, against the faster of the two matmuls."""
+  update, state, batch = case["update"], case["state"], case["batch"]
+
+  def step(state):
+    start = time.perf_counter()
+    state, metrics = update(state, batch)
+    jax.block_until_ready(metrics)
+    return state, time.perf_counter() - start
+
+  state, _ = step(state)
+  state, first = step(state)
+  reps = int(np.clip(round(1.0 / first), 2, 10))
+  mfus, seconds = [], []
+  for _ in range(rounds):
+    before = matmul_seconds()
+    times = []
+    for _ in range(reps):
+      state, t = step(state)
+      times.append(t)
+    rate = 2 * _MATMUL_SIZE**3 / min(before, matmul_seconds())
+    mfus.append(case["xla_flops"] / min(times) / rate)
+    seconds.append(min(times))
+  case["state"] = state  # The old one was donated.
+  return dict(mfu=float(np.median(mfus)), seconds=float(np.median(seconds)),
+              matmul_rate=2 * _MATMUL_SIZE**3 / matmul_seconds())
+
+
+def _single_device_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), (parallel.DATA, parallel.MODEL))
+
+
+def learner_benchmark() -> None:
+  """Issue 4's learner figures: update-step MFU, the data wait of a real run, forced devices.
+
+  MFU = the update's FLOPs (XLA's cost analysis of the compiled step; the matmul/convolution
+  count from the layer shapes beside it) per second, over the float32 matmul rate measured
+  beside each timing in this run.
+  """
+  rounds = _LEARNER_ROUNDS.value
+  mesh = _single_device_mesh()
+  print(f"== learner: C51 + CQL update step (learner.jit_update, 1-device mesh, Adam; paper "
+        f"head sizes), games {'/'.join(LEARNER_GAMES)}, game-blocked batches; MFU against a "
+        f"{_MATMUL_SIZE}^2 float32 matmul timed beside every measurement; medians of {rounds} "
+        f"rounds", flush=True)
+  print(f"  {'model':<46} {'batch':>5} {'steps/s':>8} {'trans/s':>8} {'GFLOP/step':>10} "
+        f"{'XLA/analytic':>12} {'GFLOP/s':>8} {'MFU':>6}", flush=True)
+  rows = [(label, overrides, batch, False) for label, overrides, batch in LEARNER_CASES]
+  # The "before" row right after its "after" row, so that both see the same machine load.
+  rows.insert(2, (BEFORE, dict(encoder="nature"), 256, True))
+  results, rates = {}, []
+  for label, overrides, batch, flax_conv in rows:
+    with _flax_conv_nature_cnn() if flax_conv else contextlib.nullcontext():
+      case = _update_case(_learner_config(overrides), batch, mesh)
+    timing = _time_update(case, rounds)
+    results[label, batch] = timing
+    rates.append(timing["matmul_rate"])
+    print(f"  {label:<46} {batch:>5} {1 / timing['seconds']:>8.2f} "
+          f"{batch / timing['seconds']:>8,.0f} {case['xla_flops'] / 1e9:>10.2f} "
+          f"{case['xla_flops'] / case['analytic_flops']:>12.3f} "
+          f"{case['xla_flops'] / timing['seconds'] / 1e9:>8.1f} {timing['mfu']:>6.3f}", flush=True)
+    del case
+  print(f"  (float32 matmul rate in this run: {np.median(rates) / 1e9:,.0f} GFLOP/s, median)")
+  after = results["Nature-CNN", 256]["mfu"]
+  before = results[BEFORE, 256]["mfu"]
+  report("MFU, Nature-CNN C51 + CQL, batch 256", 100 * after, 100 * MFU_GOAL,
+         "% of matmul", note=f"({after / before:.2f}x the flax.linen.Conv step's "
+                             f"{100 * before:.1f}%)")
+  _demo_data_wait()
+  _device_scaling(rounds)
+
+
+def _run(args: list[str], env: dict, what: str) -> str:
+  """Runs `python -m ...` in the repository; a failure raises with the output's tail."""
+  done = subprocess.run([sys.executable, "-m", *args], cwd=common.REPO, env=env, text=True,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+  if done.returncode:
+    raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{done.stdout[-3000:]}")
+  return done.stdout
+
+
+def _demo_data_wait() -> None:
+  """The data-wait fraction of a real `demo` pre-training run on a fresh emulator dataset."""
+  steps = _LEARNER_DEMO_STEPS.value
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+  with tempfile.TemporaryDirectory(prefix="scaled_ql_bench_demo_") as tmp:
+    data_dir, workdir = os.path.join(tmp, "data"), os.path.join(tmp, "run")
+    with timed() as made:
+      _run(["launch.make_dataset", "--source=ale", f"--games={','.join(LEARNER_GAMES)}",
+            "--runs=1", "--checkpoints_per_run=1", "--steps_per_checkpoint=2000",
+            f"--data_dir={data_dir}"], env, "make_dataset")
+    with timed() as trained:
+      _run(["launch.pretrain", "--config=configs/pretrain.py:demo", f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}", f"--config.num_steps={steps}",
+            "--config.eval_every=0"], env, "pretrain")
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      windows = [json.loads(line) for line in f]
+  # Each window is log_every steps; weight its fraction by its duration. The first window holds
+  # compilation and the pools' first fill, so the steady state is the rest.
+  seconds = np.asarray([1 / w["steps_per_second"] for w in windows])
+  waits = np.asarray([w["data_wait_fraction"] for w in windows])
+  steady = float(np.sum(waits[1:] * seconds[1:]) / np.sum(seconds[1:]))
+  print(f"== learner: data wait of `launch.pretrain --config=configs/pretrain.py:demo` for "
+        f"{steps} steps on a fresh 3-game emulator dataset (made in {made['wall']:.0f}s; "
+        f"run took {trained['wall']:.0f}s)", flush=True)
+  report("data-wait fraction, steady state", 100 * steady, 100 * DATA_WAIT_GOAL, "% of time",
+         higher_is_better=False,
+         note=f"(windows of {windows[0]['step']} steps after the first; first window "
+              f"{waits[0]:.1%} with compilation and the pools' fill; "
+              f"{np.median([w['steps_per_second'] for w in windows[1:]]):.1f} steps/s)")
+
+
+def _device_scaling(rounds: int) -> None:
+  """Nature-CNN batch-256 update throughput on 1, 2 and 4 forced host devices (subprocesses:
+  the device count must be set before JAX starts)."""
+  print(f"== learner: Nature-CNN batch-256 update over a data-parallel mesh of N forced host "
+        f"devices (--xla_force_host_platform_device_count=N, one process each)", flush=True)
+  results = {}
+  for n in DEVICE_COUNTS:
+    flags_n = f"--xla_force_host_platform_device_count={n}"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags_n}".strip())
+    out = _run(["launch.benchmark", f"--learner_devices_child={n}",
+                f"--learner_rounds={rounds}"], env, f"the {n}-device learner run")
+    results[n] = json.loads(out.strip().splitlines()[-1])
+  one = results[DEVICE_COUNTS[0]]
+  for n, r in results.items():
+    # Ratios of MFU (each process's own matmul rate), so load differences between the
+    # processes cancel; transitions/s are wall-clock.
+    report(f"{n} device{'s' if n > 1 else ''}: throughput vs 1 device", 100 * r["mfu"] / one["mfu"],
+           100 * DEVICE_SCALING_GOAL, "% of 1 device",
+           note=f"({r['transitions_per_second']:,.0f} transitions/s, MFU {r['mfu']:.3f})")
+
+
+def _devices_child(n: int) -> None:
+  """Inside a process started with n forced host devices: one JSON line of figures."""
+  if jax.device_count() != n:
+    raise RuntimeError(f"expected {n} host devices, JAX sees {jax.device_count()}.")
+  case = _update_case(_learner_config(dict(encoder="nature")), 256, parallel.make_mesh(1))
+  timing = _time_update(case, _LEARNER_ROUNDS.value)
+  print(json.dumps(dict(devices=n, mfu=timing["mfu"],
+                        transitions_per_second=256 / timing["seconds"])))
+
+
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "sampler": sampler_benchmark,
     "eval": eval_benchmark,
+    "learner": learner_benchmark,
 }
 
 
 def main(argv):
   del argv
+  if _LEARNER_DEVICES_CHILD.value:
+    _devices_child(_LEARNER_DEVICES_CHILD.value)
+    return
   names = [w.strip() for w in _WHAT.value.split(",") if w.strip()]
   unknown = [w for w in names if w not in BENCHMARKS]
   if unknown or not names:

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from scaled_ql.networks import conv
+
 # depth -> (block kind, blocks per stage).
 RESNET_LAYOUTS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -98,14 +100,18 @@ class ResNet(nn.Module):
 
 
 class NatureCNN(nn.Module):
-  """DQN's encoder (Mnih et al. 2015): 32x8x8/4, 64x4x4/2, 64x3x3/1, VALID padding, ReLU."""
+  """DQN's encoder (Mnih et al. 2015): 32x8x8/4, 64x4x4/2, 64x3x3/1, VALID padding, ReLU.
+
+  The layers are `conv.Conv`: `flax.linen.Conv`'s function and parameters, with each pass in
+  the form XLA:CPU runs fastest (space-to-depth for the strided layers, chunked weight
+  gradients), which makes the CPU update step about 1.5x faster.
+  """
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     for i, (c, k, s) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
-      x = nn.relu(nn.Conv(c, (k, k), (s, s), padding="VALID", dtype=self.dtype,
-                          name=f"conv{i + 1}")(x))
+      x = nn.relu(conv.Conv(c, k, s, dtype=self.dtype, name=f"conv{i + 1}")(x))
     return x
 
 
