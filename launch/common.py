@@ -73,6 +73,27 @@ def check_config_overrides(argv: list[str], flag: str = "config") -> None:
       node = node[part]
 
 
+def define_distributed_flags() -> dict:
+  """The multi-host flags of a training launch (call once, at module level)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  return dict(
+      coordinator=flags.DEFINE_string("coordinator_address", None, "host:port of process 0."),
+      num_processes=flags.DEFINE_integer("num_processes", None, "Processes in the job."),
+      process_id=flags.DEFINE_integer("process_id", None, "This process's index."),
+      auto=flags.DEFINE_bool("distributed_auto", False,
+                             "Let JAX detect the cluster (Cloud TPU pods, SLURM, Open MPI)."))
+
+
+def initialize_distributed(distributed_flags: dict) -> None:
+  """`parallel.initialize` from the flags of `define_distributed_flags` (or the environment)."""
+  from scaled_ql import parallel  # pylint: disable=g-import-not-at-top
+
+  f = distributed_flags
+  parallel.initialize(f["coordinator"].value, f["num_processes"].value, f["process_id"].value,
+                      f["auto"].value)
+
+
 def run(main) -> None:
   """`absl.app.run(main)` after checking the config flags; library INFO logs (TFDS, Orbax)
   are hidden unless --verbosity is given, so the progress bar and results stay readable."""

@@ -7,244 +7,28 @@ The same command in the same workdir resumes from the newest checkpoint. Multi-h
 same command on every host with --coordinator_address/--num_processes/--process_id (or the
 JAX_* environment variables, or --distributed_auto on TPU pods and SLURM); see launch/*.sh.
 
-Phases: start-up and checks -> mesh -> data -> model, optimizer and state (restore or init) ->
-update step -> loop (progress, TensorBoard, checkpoints, NaN guard).
+The job itself (checks, data, train state, loop) is `launch.training.train`.
 """
 from __future__ import annotations
 
-import json
-import os
-import time
-
 from absl import app, flags
-import jax
-import numpy as np
 from ml_collections import config_flags
 
-from launch import common
-from scaled_ql import checkpoints, data, evaluation, games, learner, losses, networks, parallel
+from launch import common, training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, results.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_AUTO = flags.DEFINE_bool("distributed_auto", False,
-                          "Let JAX detect the cluster (Cloud TPU pods, SLURM, Open MPI).")
-
-
-def run_meta(config) -> dict:
-  """What the checkpoint's parameters mean; a resume must agree on all of it."""
-  return dict(model=common.flatten(config.model.to_dict()), games=list(config.games),
-              loss_kind=config.loss.kind)
-
-
-def check_resume_compatible(saved: dict, current: dict, workdir: str) -> None:
-  if saved.get("games") != current["games"]:
-    raise ValueError(f"{workdir} holds a checkpoint trained on games {saved.get('games')}, but "
-                     f"config.games is {current['games']}. Use another --workdir.")
-  diffs = [f"model.{k}: checkpoint {saved.get('model', {}).get(k)!r} vs config {v!r}"
-           for k, v in current["model"].items() if saved.get("model", {}).get(k) != v
-           and k != "dtype"]
-  if diffs or saved.get("loss_kind") != current["loss_kind"]:
-    diffs += ([f"loss.kind: checkpoint {saved.get('loss_kind')!r} vs config "
-               f"{current['loss_kind']!r}"] if saved.get("loss_kind") != current["loss_kind"]
-              else [])
-    raise ValueError(f"{workdir} holds a checkpoint of another architecture ("
-                     + "; ".join(diffs) + "). Use another --workdir.")
-
-
-def make_sources(config, host: int, hosts: int) -> dict:
-  """Per game, a deterministic stream of this host's episodes from position `start` on."""
-  d = config.data
-  checkpoint_ids = (list(range(d.checkpoint_range[0], d.checkpoint_range[1] + 1))
-                    if d.checkpoint_range else None)
-
-  def source(game):
-    def episodes(start: int):
-      return data.read_episodes(d.data_dir, game, runs=list(d.runs) or None,
-                                checkpoints=checkpoint_ids, shard_index=host, num_shards=hosts,
-                                start=start)
-    return episodes
-
-  return {g: source(g) for g in config.games}
-
-
-# >>> periodic evaluation (issue 5) >>>
-def check_eval_config(config) -> None:
-  """Bad `config.eval_every` / `config.eval.*` values fail at start-up, naming the field."""
-  if config.eval_every < 0:
-    raise ValueError(f"config.eval_every must be >= 0 (0 = never), got {config.eval_every}.")
-  if config.eval_every:
-    e = config.eval
-    try:
-      evaluation.check_budget(e.episodes_per_game, e.envs_per_game, e.epsilon,
-                              e.max_steps_per_episode or None)
-    except ValueError as err:
-      raise ValueError(f"config.eval: {err}") from err
-
-
-def evaluate_periodically(config, model, params, names, step: int, workdir: str, writer) -> str:
-  """Plays the current parameters (config.eval) and logs the scores to TensorBoard and
-  eval.jsonl. Returns a one-line summary on process 0, '' elsewhere."""
-  if jax.process_count() > 1:  # Every process takes part in the gather; process 0 plays.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    params = multihost_utils.process_allgather(params)
-  if jax.process_index() != 0:
-    return ""
-  e = config.eval
-  result = evaluation.evaluate_during_training(
-      model, params, names, loss_kind=config.loss.kind, episodes_per_game=e.episodes_per_game,
-      envs_per_game=e.envs_per_game, epsilon=e.epsilon, seed=e.seed,
-      max_steps_per_episode=e.max_steps_per_episode or None, v_min=config.loss.v_min,
-      v_max=config.loss.v_max)
-  writer.write_scalars(step, evaluation.scalars(result))
-  evaluation.append_jsonl(os.path.join(workdir, evaluation.EVAL_LOG), step, result)
-  iqm = (f"IQM {result.aggregates.iqm.value:.3f}" if result.aggregates
-         else "no game with reference scores")
-  return (f"eval at step {step}: {iqm}; returns "
-          + ", ".join(f"{g.game} {g.mean_return:.1f}" for g in result.games))
-# <<< periodic evaluation (issue 5) <<<
+_DISTRIBUTED = common.define_distributed_flags()
 
 
 def main(argv):
   del argv
-  # -- Start-up and checks: everything that can be wrong fails here, before long work. -------
-  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _AUTO.value)
+  common.initialize_distributed(_DISTRIBUTED)
   config, workdir = _CONFIG.value, _WORKDIR.value
   if config is None or not workdir:
     raise app.UsageError("--config=configs/pretrain.py:PRESET and --workdir are required.")
-  game_list = games.get_games(config.games)
-  names = tuple(g.name for g in game_list)
-  losses.check_loss_config(config.loss.kind, config.model.num_atoms, config.loss.cql_alpha,
-                           config.loss.n_step, config.loss.gamma)
-  check_eval_config(config)  # Periodic evaluation (issue 5).
-  model = networks.build_q_network(config.model, len(names))
-  if not config.data.data_dir:
-    raise ValueError("config.data.data_dir is empty: point it at a dataset directory "
-                     "(`python -m launch.make_dataset ...` makes one).")
-  host, hosts = jax.process_index(), jax.process_count()
-  mesh = parallel.make_mesh(config.parallel.model_axis_size)
-  parallel.check_batch_divides(config.batch_size, mesh, hosts, len(names))
-  counts = parallel.split_counts(config.batch_size // hosts, len(names),
-                                 list(config.data.game_weights))
-  os.makedirs(workdir, exist_ok=True)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                  save_interval_steps=config.checkpoint_every,
-                                  max_to_keep=config.keep_checkpoints)
-  meta = run_meta(config)
-  if ckpt.all_steps():
-    check_resume_compatible(ckpt.read_meta(ckpt.all_steps()[-1]), meta, workdir)
-  if host == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(common.flatten(config.to_dict()), f, indent=1)
-
-  # -- Data: this host's share of every game, game-blocked batches, prefetched. -------------
-  sampler = data.MultiGameSampler(
-      make_sources(config, host, hosts), names, config.batch_size // hosts,
-      config.data.pool_frames_per_game, n_step=config.loss.n_step, gamma=config.loss.gamma,
-      game_weights=counts, refresh_every=config.data.refresh_every,
-      refresh_episodes=config.data.refresh_episodes,
-      checkpoint_range=tuple(config.data.checkpoint_range) or None, seed=config.seed,
-      host_index=host)
-
-  # -- Model, optimizer, train state: restored (any device count) or initialised. ----------
-  optimizer = learner.make_optimizer(config.optimizer)
-  abstract = learner.abstract_train_state(model, optimizer)
-  shardings = learner.state_shardings(mesh, abstract, config.parallel.min_shard_size)
-  restored = ckpt.restore_latest(abstract, shardings)
-  if restored is not None:
-    state, start = restored.state, restored.step
-    sampler.load_state_dict(restored.sampler["hosts"][host])
-    print(f"resumed from step {start} in {ckpt.directory}", flush=True)
-  else:
-    state, start = learner.create_train_state(model, optimizer, jax.random.PRNGKey(config.seed),
-                                              shardings), 0
-  prefetch = data.Prefetcher(sampler, depth=config.data.prefetch)
-  update = learner.jit_update(
-      learner.make_update_fn(model, optimizer, config.loss, games.legal_action_mask(names),
-                             config.target_update_period, sampler.block_size), mesh, shardings)
-  if host == 0:
-    print(f"pre-training {networks.count_params(abstract.params):,} parameters on "
-          f"{len(names)} games, {jax.device_count()} devices x {hosts} hosts, batch "
-          f"{config.batch_size} ({'/'.join(map(str, counts))} per game per host), "
-          f"steps {start} -> {config.num_steps}", flush=True)
-
-  # -- Loop. ---------------------------------------------------------------------------------
-  writer = common.metric_writer(os.path.join(workdir, "tensorboard"))
-  bar = common.progress(config.num_steps, initial=start)
-  pending, wait, window_start, window_steps = None, 0.0, time.time(), 0
-
-  def check(step_metrics, step):
-    values = {k: float(v) for k, v in step_metrics.items()}
-    if not all(np.isfinite(v) for v in values.values()):
-      raise FloatingPointError(
-          f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in values.items())
-          + f". Stopping; the newest checkpoint in {ckpt.directory} holds finite parameters.")
-    return values
-
-  try:
-    for step in range(start + 1, config.num_steps + 1):
-      t = time.time()
-      batch = parallel.global_batch(next(prefetch), mesh)
-      wait += time.time() - t
-      state, metrics = update(state, batch)
-      if pending is not None:  # Check the previous step's loss while this one runs.
-        values = check(*pending)
-        bar.set_postfix(loss=f"{values['loss']:.4f}", cql=f"{values['cql_penalty']:.3f}",
-                        refresh=False)
-      pending = (metrics, step)
-      bar.update()
-      window_steps += 1
-      if step % config.log_every == 0 or step == config.num_steps:
-        values = check(metrics, step)
-        elapsed = time.time() - window_start
-        values.update(steps_per_second=window_steps / elapsed, data_wait_fraction=wait / elapsed)
-        writer.write_scalars(step, values)
-        if host == 0:
-          with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(dict(step=step, **values)) + "\n")
-        wait, window_start, window_steps = 0.0, time.time(), 0
-      if step % config.checkpoint_every == 0 or step == config.num_steps:
-        check(metrics, step)
-        host_states = parallel.allgather_json(prefetch.state_dict())
-        ckpt.save(step, state, {"hosts": host_states}, meta, force=step == config.num_steps)
-      # >>> periodic evaluation (issue 5) >>>
-      if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
-        t = time.time()
-        summary = evaluate_periodically(config, model, state.params, names, step, workdir, writer)
-        if summary:
-          bar.write(summary)
-        window_start += time.time() - t  # Evaluation time is not training time (steps/s).
-      # <<< periodic evaluation (issue 5) <<<
-  finally:
-    bar.close()
-    prefetch.close()
-    writer.flush()
-    ckpt.wait()
-    ckpt.close()
-  if host == 0 and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      # The whole run's curve, across resumes (a rerun after a crash may repeat some steps).
-      by_step = {h["step"]: h for h in map(json.loads, f)}
-    print_curve([by_step[k] for k in sorted(by_step)])
-    print(f"done: step {config.num_steps}; checkpoints in {ckpt.directory}; TensorBoard logs "
-          f"in {os.path.join(workdir, 'tensorboard')}; scalars in "
-          f"{os.path.join(workdir, 'metrics.jsonl')}", flush=True)
-
-
-def print_curve(history: list[dict], rows: int = 12) -> None:
-  """The loss curve of this run as a table (at most `rows` evenly spaced rows)."""
-  if not history:
-    return
-  picks = sorted(set(np.linspace(0, len(history) - 1, min(rows, len(history))).astype(int)))
-  print(f"\n{'step':>8} {'loss':>8} {'td':>8} {'cql':>8} {'Q(s,a)':>8} {'lse Q':>8} "
-        f"{'steps/s':>8} {'wait':>6}")
-  for h in (history[i] for i in picks):
-    print(f"{h['step']:>8} {h['loss']:>8.4f} {h['td_loss']:>8.4f} {h['cql_penalty']:>8.4f} "
-          f"{h['q_data']:>8.3f} {h['q_logsumexp']:>8.3f} {h['steps_per_second']:>8.1f} "
-          f"{h['data_wait_fraction']:>6.1%}")
+  training.train(config, workdir)
 
 
 if __name__ == "__main__":

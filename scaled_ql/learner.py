@@ -28,12 +28,24 @@ class TrainState(NamedTuple):
   rng: jax.Array
 
 
-def make_optimizer(optimizer_config) -> optax.GradientTransformation:
-  """Adam (lr, eps from the config), with global-norm clipping when grad_clip_norm > 0."""
+def make_optimizer(optimizer_config, heads_only: bool = False) -> optax.GradientTransformation:
+  """Adam (lr, eps from the config), with global-norm clipping when grad_clip_norm > 0.
+
+  heads_only: only the per-game heads are trained (a frozen backbone, for fine-tuning); the
+  backbone's updates are zero and it keeps no Adam moments.
+  """
   adam = optax.adam(optimizer_config.learning_rate, eps=optimizer_config.adam_eps)
   if optimizer_config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm), adam)
-  return adam
+    adam = optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm), adam)
+  if not heads_only:
+    return adam
+
+  def labels(params):
+    return {name: jax.tree_util.tree_map(lambda _, n=name: "train" if n == networks.HEAD
+                                         else "frozen", subtree)
+            for name, subtree in params.items()}
+
+  return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation, rng) -> TrainState:
@@ -75,17 +87,39 @@ def make_update_fn(model, optimizer: optax.GradientTransformation, loss_config,
 
 
 def create_train_state(model, optimizer: optax.GradientTransformation, rng,
-                       shardings=None) -> TrainState:
+                       shardings=None, initial_params=None) -> TrainState:
   """A fresh train state, built directly in its shardings (no host-side copy of the model).
 
   shardings: a TrainState-shaped pytree of NamedShardings (see `state_shardings`), or None for
-  the default device.
+  the default device. initial_params: a pytree of arrays replacing parts of the random
+  initialisation, either whole top-level subtrees ({"torso": ..., "projection": ...}: a
+  pre-trained backbone) or, under "head", {"rows": int array [k], "kernel": [k, D, A*K],
+  "bias": [k, A*K]} to overwrite those games' rows of the head (heads kept from pre-training).
+  Shapes are checked against the model's.
   """
-  def init(key):
-    params_key, state_key = jax.random.split(key)
-    return init_train_state(networks.init_params(model, params_key), optimizer, state_key)
+  initial_params = dict(initial_params or {})
+  if initial_params:
+    shapes = networks.param_shapes(model)
+    unknown = sorted(set(initial_params) - set(shapes))
+    if unknown:
+      raise ValueError(f"initial parameters for {unknown}: the model has {sorted(shapes)}.")
+    networks.check_param_shapes({k: v for k, v in shapes.items() if k in initial_params
+                                 and k != networks.HEAD},
+                                {k: v for k, v in initial_params.items() if k != networks.HEAD},
+                                source="initial parameters")
 
-  return jax.jit(init, out_shardings=shardings)(rng)
+  def init(key, overrides):
+    params_key, state_key = jax.random.split(key)
+    params = dict(networks.init_params(model, params_key))
+    head = overrides.pop(networks.HEAD, None)
+    params.update(overrides)
+    if head is not None:
+      params[networks.HEAD] = {
+          name: params[networks.HEAD][name].at[head["rows"]].set(head[name])
+          for name in ("kernel", "bias")}
+    return init_train_state(params, optimizer, state_key)
+
+  return jax.jit(init, out_shardings=shardings)(rng, initial_params)
 
 
 def abstract_train_state(model, optimizer: optax.GradientTransformation) -> TrainState:

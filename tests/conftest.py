@@ -21,3 +21,38 @@ def load_config(path: str, arg: str | None = None):
 @pytest.fixture(scope="session")
 def repo() -> pathlib.Path:
   return REPO
+
+
+def run_module(repo, module: str, *args: str, timeout: int = 600):
+  """`python -m module args...` in the repository on CPU; the CompletedProcess (text)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=repo, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+PRETRAIN_GAMES = ("pong", "breakout", "freeway")
+
+
+@pytest.fixture(scope="session")
+def pretrained(repo, tmp_path_factory):
+  """A tiny pre-training run (3 games, 12 steps) and its exported artifact, shared by the
+  export and fine-tuning tests: dict(data=dataset dir, workdir=..., artifact=...). The dataset
+  also holds Space Invaders, a game the run never saw."""
+  from scaled_ql import data  # pylint: disable=g-import-not-at-top
+
+  root = tmp_path_factory.mktemp("pretrained")
+  for i, game in enumerate(PRETRAIN_GAMES + ("space_invaders",)):
+    data.generate_run(str(root / "data"), game, 1, num_checkpoints=2, steps_per_checkpoint=150,
+                      seed=i)
+  workdir = root / "run"
+  result = run_module(repo, "launch.pretrain", "--config=configs/pretrain.py:tiny",
+                      f"--workdir={workdir}", f"--config.data.data_dir={root / 'data'}",
+                      "--config.num_steps=12", "--config.data.pool_frames_per_game=400")
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_module(repo, "launch.export", f"--workdir={workdir}",
+                      f"--out={root / 'backbone'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return dict(data=str(root / "data"), workdir=str(workdir), artifact=str(root / "backbone"))

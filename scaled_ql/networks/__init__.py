@@ -8,17 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaled_ql.networks.encoders import ENCODERS, RESNET_LAYOUTS, ImpalaCNN, NatureCNN, ResNet
-from scaled_ql.networks.qnetwork import (OBSERVATION_SHAPE, MultiGameHead, MultiGameQNetwork,
-                                         QNetworkOutput, SpatialEmbedding, check_observation)
+from scaled_ql.networks.qnetwork import (OBSERVATION_SHAPE, Backbone, MultiGameHead,
+                                         MultiGameQNetwork, QNetworkOutput, SpatialEmbedding,
+                                         check_observation)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_q_network(model_config: Mapping[str, Any], num_games: int) -> MultiGameQNetwork:
-  """The Q-network described by a `config.model` block, for `num_games` heads.
+BACKBONE_FIELDS = ("encoder", "depth", "width", "spatial_features", "feature_dim")
+HEAD = "head"  # The Q-network's parameter subtree that is per game; the rest is the backbone.
 
-  Every field is checked here, so a bad config fails with the field's name before any work.
-  """
+
+def _backbone_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
+  """Checked keyword arguments of `Backbone` from a `config.model` block (fields named)."""
   cfg = dict(model_config)
   encoder = cfg.get("encoder")
   if encoder not in ENCODERS:
@@ -27,22 +29,50 @@ def build_q_network(model_config: Mapping[str, Any], num_games: int) -> MultiGam
   if encoder == "resnet" and depth not in RESNET_LAYOUTS:
     raise ValueError(f"model.depth={depth!r} is not a ResNet depth; choose one of "
                      f"{sorted(RESNET_LAYOUTS)}.")
-  for field in ("spatial_features", "feature_dim", "num_atoms"):
-    value = cfg.get(field)
-    if not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f"model.{field} must be a positive integer, got {value!r}.")
+  for field in ("spatial_features", "feature_dim"):
+    _check_positive(cfg, field)
   width = cfg.get("width", 1.0)
   if not isinstance(width, (int, float)) or width <= 0:
     raise ValueError(f"model.width must be positive, got {width!r}.")
   dtype = cfg.get("dtype", "float32")
   if dtype not in DTYPES:
     raise ValueError(f"model.dtype={dtype!r} is not supported; choose one of {tuple(DTYPES)}.")
+  return dict(encoder=encoder, depth=int(depth), width=float(width),
+              spatial_features=int(cfg["spatial_features"]), feature_dim=int(cfg["feature_dim"]),
+              dtype=DTYPES[dtype])
+
+
+def _check_positive(cfg: Mapping[str, Any], field: str) -> None:
+  value = cfg.get(field)
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"model.{field} must be a positive integer, got {value!r}.")
+
+
+def build_backbone(model_config: Mapping[str, Any]) -> Backbone:
+  """The shared backbone of a `config.model` block (no heads); fields checked as below."""
+  return Backbone(**_backbone_kwargs(model_config))
+
+
+def build_q_network(model_config: Mapping[str, Any], num_games: int) -> MultiGameQNetwork:
+  """The Q-network described by a `config.model` block, for `num_games` heads.
+
+  Every field is checked here, so a bad config fails with the field's name before any work.
+  """
+  kwargs = _backbone_kwargs(model_config)
+  _check_positive(model_config, "num_atoms")
   if not isinstance(num_games, (int, np.integer)) or num_games < 1:
     raise ValueError(f"the number of games must be a positive integer, got {num_games!r}.")
-  return MultiGameQNetwork(
-      num_games=int(num_games), encoder=encoder, depth=int(depth), width=float(width),
-      spatial_features=int(cfg["spatial_features"]), feature_dim=int(cfg["feature_dim"]),
-      num_atoms=int(cfg["num_atoms"]), dtype=DTYPES[dtype])
+  return MultiGameQNetwork(num_games=int(num_games), num_atoms=int(model_config["num_atoms"]),
+                           **kwargs)
+
+
+def split_params(params) -> tuple[dict, Any]:
+  """(backbone parameters, head parameters) of a Q-network's parameter tree."""
+  params = dict(params)
+  if HEAD not in params:
+    raise ValueError(f"the parameter tree has no {HEAD!r} subtree (keys {sorted(params)}).")
+  head = params.pop(HEAD)
+  return params, head
 
 
 def dummy_inputs(batch_size: int = 1):
@@ -90,7 +120,7 @@ def check_param_shapes(expected, actual, source: str = "parameters") -> None:
 
 
 __all__ = [
-    "DTYPES", "ENCODERS", "RESNET_LAYOUTS", "OBSERVATION_SHAPE", "ImpalaCNN", "MultiGameHead",
+    "BACKBONE_FIELDS", "HEAD", "Backbone", "build_backbone", "split_params", "DTYPES", "ENCODERS", "RESNET_LAYOUTS", "OBSERVATION_SHAPE", "ImpalaCNN", "MultiGameHead",
     "MultiGameQNetwork", "NatureCNN", "QNetworkOutput", "ResNet", "SpatialEmbedding",
     "build_q_network", "check_observation", "check_param_shapes", "count_params",
     "dummy_inputs", "init_params", "param_shapes",

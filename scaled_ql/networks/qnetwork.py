@@ -104,31 +104,46 @@ class MultiGameHead(nn.Module):
     return y.reshape(batch, self.num_actions, self.num_atoms)
 
 
-class MultiGameQNetwork(nn.Module):
-  """Shared encoder + spatial embedding + projection + feature norm, and per-game C51 heads."""
-  num_games: int
+class Backbone(nn.Module):
+  """The shared part of the Q-network: encoder + spatial embedding + projection + feature norm.
+
+  uint8 [B, 84, 84, 4] -> unit-norm float32 features [B, feature_dim]. Its parameters are the
+  Q-network's parameters without `head` (same names), which is what `launch.export` writes and
+  `scaled_ql.load_backbone` returns.
+  """
   encoder: str = "resnet"
   depth: int = 50
   width: float = 1.0
   spatial_features: int = 96
   feature_dim: int = 128
-  num_atoms: int = 51
   dtype: Any = jnp.float32  # Compute dtype of the backbone; parameters stay float32.
 
   def setup(self):
     self.torso = make_encoder(self.encoder, self.depth, self.width, self.dtype)
     self.spatial_embedding = SpatialEmbedding(self.spatial_features, self.dtype)
     self.projection = nn.Dense(self.feature_dim, dtype=self.dtype)
-    self.head = MultiGameHead(self.num_games, self.num_atoms)
 
   def features(self, observation):
-    """The shared backbone: uint8 [B, 84, 84, 4] -> unit-norm float32 features [B, D]."""
+    """uint8 [B, 84, 84, 4] -> unit-norm float32 features [B, D]."""
     check_observation(observation)
     x = observation.astype(self.dtype) / 255.0
     x = self.spatial_embedding(self.torso(x))
     x = nn.relu(self.projection(x)).astype(jnp.float32)
     norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
     return x / jnp.maximum(norm, 1e-6)
+
+  def __call__(self, observation):
+    return self.features(observation)
+
+
+class MultiGameQNetwork(Backbone):
+  """The `Backbone` and per-game C51 heads (parameter `head`)."""
+  num_games: int = 1
+  num_atoms: int = 51
+
+  def setup(self):
+    super().setup()
+    self.head = MultiGameHead(self.num_games, self.num_atoms)
 
   def __call__(self, observation, game_id, block_size: int = 1) -> QNetworkOutput:
     if game_id.shape != observation.shape[:1]:
