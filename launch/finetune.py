@@ -80,7 +80,9 @@ def describe(config, meta: dict) -> str:
   start = (f"pre-trained backbone {config.finetune.backbone}" if f["init"] == "pretrained"
            else "from scratch (random initialisation)")
   reused = f.get("heads_from_backbone")
-  heads = f"from the backbone for {', '.join(reused)}, new for the rest" if reused else "new"
+  new = [g for g in config.games if g not in (reused or [])]
+  heads = ", ".join(([f"from the backbone for {', '.join(reused)}"] if reused else [])
+                    + ([f"new for {', '.join(new)}"] if new else []))
   frozen = ", backbone frozen" if f["freeze_backbone"] else ""
   return f"fine-tuning ({f['mode']}, {start}{frozen}; heads: {heads})"
 

@@ -113,15 +113,19 @@ def offline_batches(config, names, host: int, hosts: int, counts):
 
 def train(config, workdir: str, *, what: str = "pre-training", initial_params=None,
           heads_only: bool = False, meta_extra: Optional[dict] = None,
-          make_batches: Callable = offline_batches, on_step: Optional[Callable] = None) -> None:
+          make_batches: Callable = offline_batches, on_start: Optional[Callable] = None,
+          on_step: Optional[Callable] = None) -> None:
   """The training job of `config` in `workdir`: pre-training, and fine-tuning (launch.finetune).
 
   initial_params: parameters replacing parts of the random initialisation of a fresh run (see
   `learner.create_train_state`); unused on resume. heads_only: a frozen backbone.
   meta_extra: more run metadata stored with every checkpoint. make_batches(config, names,
   host, hosts, counts) -> (batches, block_size): an iterator of host-local Batches with
-  state_dict / load_state_dict / close (default: the offline sampler). on_step(step, state) is
-  called after every update (online fine-tuning publishes parameters there).
+  state_dict / load_state_dict / close (default: the offline sampler); when it ends
+  (StopIteration) the run stops there, with a checkpoint. on_start(step, state) is called once
+  the state is restored or initialised; on_step(step, state) after every update, and a true
+  result finishes the run at that step (online fine-tuning publishes parameters to the actors
+  and watches them there).
   """
   # -- Start-up and checks: everything that can be wrong fails here, before long work. -------
   game_list = games.get_games(config.games)
@@ -167,6 +171,8 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
   update = learner.jit_update(
       learner.make_update_fn(model, optimizer, config.loss, games.legal_action_mask(names),
                              config.target_update_period, block_size), mesh, shardings)
+  if on_start is not None:
+    on_start(start, state)
   if host == 0:
     print(f"{what} {networks.count_params(abstract.params):,} parameters"
           f"{' (backbone frozen)' if heads_only else ''} on {len(names)} "
@@ -187,10 +193,16 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
           + f". Stopping; the newest checkpoint in {ckpt.directory} holds finite parameters.")
     return values
 
+  step, saved, metrics = start, start, None
   try:
-    for step in range(start + 1, config.num_steps + 1):
+    while step < config.num_steps:
       t = time.time()
-      batch = parallel.global_batch(next(batches), mesh)
+      try:
+        host_batch = next(batches)
+      except StopIteration:  # The data ended (online: the actors' env-step budget is spent).
+        break
+      step += 1
+      batch = parallel.global_batch(host_batch, mesh)
       wait += time.time() - t
       state, metrics = update(state, batch)
       if pending is not None:  # Check the previous step's loss while this one runs.
@@ -200,9 +212,9 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
       pending = (metrics, step)
       bar.update()
       window_steps += 1
-      if on_step is not None:
-        on_step(step, state)
-      if step % config.log_every == 0 or step == config.num_steps:
+      finish = bool(on_step(step, state)) if on_step is not None else False
+      last = finish or step == config.num_steps
+      if step % config.log_every == 0 or last:
         values = check(metrics, step)
         elapsed = time.time() - window_start
         values.update(steps_per_second=window_steps / elapsed, data_wait_fraction=wait / elapsed)
@@ -211,18 +223,25 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
           with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(dict(step=step, **values)) + "\n")
         wait, window_start, window_steps = 0.0, time.time(), 0
-      if step % config.checkpoint_every == 0 or step == config.num_steps:
+      if step % config.checkpoint_every == 0 or last:
         check(metrics, step)
         host_states = parallel.allgather_json(batches.state_dict())
-        ckpt.save(step, state, {"hosts": host_states}, meta, force=step == config.num_steps)
+        ckpt.save(step, state, {"hosts": host_states}, meta, force=last)
+        saved = step
       # >>> periodic evaluation (issue 5) >>>
-      if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
+      if config.eval_every and (step % config.eval_every == 0 or last):
         t = time.time()
         summary = evaluate_periodically(config, model, state.params, names, step, workdir, writer)
         if summary:
           bar.write(summary)
         window_start += time.time() - t  # Evaluation time is not training time (steps/s).
       # <<< periodic evaluation (issue 5) <<<
+      if finish:
+        break
+    if saved != step:  # Stopped by the data: keep the last step's parameters.
+      check(metrics, step)
+      ckpt.save(step, state, {"hosts": parallel.allgather_json(batches.state_dict())}, meta,
+                force=True)
   finally:
     bar.close()
     batches.close()
@@ -234,7 +253,7 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
       # The whole run's curve, across resumes (a rerun after a crash may repeat some steps).
       by_step = {h["step"]: h for h in map(json.loads, f)}
     print_curve([by_step[k] for k in sorted(by_step)])
-    print(f"done: step {config.num_steps}; checkpoints in {ckpt.directory}; TensorBoard logs "
+    print(f"done: step {step}; checkpoints in {ckpt.directory}; TensorBoard logs "
           f"in {os.path.join(workdir, 'tensorboard')}; scalars in "
           f"{os.path.join(workdir, 'metrics.jsonl')}", flush=True)
 

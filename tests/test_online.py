@@ -1,0 +1,136 @@
+"""Online fine-tuning end to end: a real Reverb server process, actor processes on a real
+emulator variant (Freeway mode 1, difficulty 1), the learner; losing an actor and the server."""
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import run_module
+
+
+def _args(pretrained, workdir, *extra):
+  return ["--config=configs/finetune.py:online_cpu", f"--backbone={pretrained['artifact']}",
+          f"--workdir={workdir}", "--config.batch_size=32", "--config.online.min_replay_size=200",
+          "--config.online.publish_every=10", "--config.log_every=20",
+          "--config.checkpoint_every=100", *extra]
+
+
+def _start(repo, args, log_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  log = open(log_path, "w")  # pylint: disable=consider-using-with
+  return subprocess.Popen([sys.executable, "-m", "launch.finetune", *args], cwd=repo, env=env,
+                          stdout=log, stderr=subprocess.STDOUT), log
+
+
+def _wait_for(predicate, timeout, what):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    value = predicate()
+    if value:
+      return value
+    time.sleep(0.5)
+  raise AssertionError(f"timed out waiting for {what}")
+
+
+def _progress(workdir, actor):
+  path = os.path.join(workdir, "online", "launch_0", f"actor_{actor}.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  # A zombie (exited, not yet reaped) counts as gone.
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split()[2] != "Z"
+  except OSError:
+    return False
+
+
+def test_online_loop_runs_and_survives_losing_an_actor(repo, pretrained, tmp_path):
+  workdir = str(tmp_path / "run")
+  process, log = _start(repo, _args(pretrained, workdir, "--config.online.env_steps=1600"),
+                        tmp_path / "out.txt")
+  try:
+    # Actor 0 is acting (its transitions reach the server): kill it.
+    _wait_for(lambda: any(p["env_steps"] > 0 for p in _progress(workdir, 0)), 240,
+              "actor 0 to act")
+    pid = int(open(os.path.join(workdir, "online", "launch_0", "actor_0.pid")).read())
+    os.kill(pid, signal.SIGKILL)
+    assert process.wait(400) == 0, (tmp_path / "out.txt").read_text()[-4000:]
+  finally:
+    if process.poll() is None:
+      process.kill()
+    log.close()
+  out = (tmp_path / "out.txt").read_text()
+  assert "actor 0 died (exit code -9); restarting it (restart 1 of 3)" in out
+  assert re.search(r"online: 1,6\d\d env steps", out), out[-2000:]
+  steps = int(re.search(r"done: step (\d+)", out).group(1))
+  # The learner sampled from what the actors inserted: ~ env steps x samples_per_insert / batch.
+  assert 200 <= steps <= 1600 * 8 // 32, steps
+  # Parameters reached the actors: they switched to ones the learner published after step 0.
+  assert any(p["param_step"] > 0 for a in (0, 1) for p in _progress(workdir, a)), \
+      [p["param_step"] for a in (0, 1) for p in _progress(workdir, a)]
+  # The restarted actor played on from its progress and finished its share.
+  final = _progress(workdir, 0)[-1]
+  assert final["finished"] and final["restarts"] == 1 and final["env_steps"] >= 800
+  # Nothing left running: the server and the actors are gone.
+  server_pid = int(re.search(r"replay server at \S+ \(pid (\d+)", out).group(1))
+  assert not _alive(server_pid)
+  for path in glob.glob(os.path.join(workdir, "online", "launch_0", "actor_*.pid")):
+    assert not _alive(int(open(path).read()))
+  # The fine-tuned checkpoint is a normal one: launch.evaluate reads it.
+  with open(os.path.join(workdir, "online.jsonl")) as f:
+    assert [json.loads(line)["env_steps"] for line in f]
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
+
+
+def test_losing_the_replay_server_stops_cleanly(repo, pretrained, tmp_path):
+  workdir = str(tmp_path / "run")
+  process, log = _start(repo, _args(pretrained, workdir, "--config.online.env_steps=100000",
+                                    "--config.online.timeout_s=60"), tmp_path / "out.txt")
+  try:
+    out = lambda: (tmp_path / "out.txt").read_text()
+    server_pid = int(_wait_for(lambda: re.search(r"replay server at \S+ \(pid (\d+)", out()),
+                               240, "the server").group(1))
+    _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")), 240,
+              "the learner to train")
+    os.kill(server_pid, signal.SIGKILL)
+    code = process.wait(120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+    log.close()
+  text = (tmp_path / "out.txt").read_text()
+  assert code != 0
+  assert "died; stopping" in text and "rerun the same command to resume" in text, text[-3000:]
+  for path in glob.glob(os.path.join(workdir, "online", "launch_0", "actor_*.pid")):
+    _wait_for(lambda p=path: not _alive(int(open(p).read())), 30, "actors to stop")
+
+
+def test_bad_online_input(repo, pretrained, tmp_path):
+  result = run_module(repo, "launch.finetune",
+                      *_args(pretrained, tmp_path / "a", "--config.online.mode=99"))
+  assert result.returncode != 0 and "freeway has no mode 99" in result.stderr
+  assert "offers modes [0, 1, 2, 3, 4, 5, 6, 7]" in result.stderr
+  result = run_module(repo, "launch.finetune", *_args(
+      pretrained, tmp_path / "b", "--config.online.replay_address=localhost:1",
+      "--config.online.timeout_s=5"))
+  assert result.returncode != 0 and "localhost:1" in result.stderr
+  assert "Reverb server" in result.stderr
+  result = run_module(repo, "launch.finetune", *_args(
+      pretrained, tmp_path / "c", "--config.online.min_replay_size=5000",
+      "--config.online.env_steps=1000"))
+  assert result.returncode != 0 and "exceeds the env-step budget" in result.stderr
+  for d in "abc":
+    assert not os.path.exists(tmp_path / d / "checkpoints")
