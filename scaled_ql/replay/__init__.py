@@ -1,0 +1,36 @@
+"""The Reverb layer of online fine-tuning: actors write n-step transitions, the learner samples.
+
+    tables = replay.ReplayTables(max_size=1_000_000, min_size_to_sample=20_000,
+                                 samples_per_insert=8.0, offline_size=500_000)
+    with replay.start_server(tables=tables) as server:          # its own process
+      replay.insert_episodes(server.address, "offline", read_episodes(...), game_id=0,
+                             n_step=3, gamma=0.99)              # seed from a dataset
+      # actors (any process):
+      writer = replay.TransitionWriter(server.address, n_step=3, gamma=0.99, num_envs=8)
+      writer.add(i, obs[i], action[i], reward[i], terminated[i], truncated[i],
+                 info["next_observation"][i], game_id)          # per env step
+      params, step = replay.ParamsClient(server.address, template).latest(wait=True)
+      # learner:
+      batches = replay.ReplayBatches(server.address, 256,
+                                     tables_and_fractions={"offline": 0.25, "online": 0.75})
+      update(state, next(batches), block_size=batches.block_size)
+      replay.publish_params(server.address, state.params, step)
+
+- `server`: `ReplayTables` (the "online", optional "offline" and "variables" tables, the
+  transition signature), `start_server` / `ServerProcess` (`python -m scaled_ql.replay`),
+  `check_address`, `ReplayError`.
+- `writer`: `TransitionWriter` (n-step transitions from interleaved env streams, exactly the
+  targets of `scaled_ql.data.sampler.n_step_targets`), `insert_episodes` (RLDS episodes).
+- `dataset`: `ReplayBatches`, fixed-size `scaled_ql.data.Batch`es mixed from tables in fixed
+  row counts, through `reverb.TrajectoryDataset` and tf.data.
+- `params`: `publish_params`, `fetch_params`, `ParamsClient`.
+
+Nothing here hangs on a dead server: every wait checks the server's port and ends in a
+ReplayError naming the address (and table).
+"""
+from scaled_ql.replay.dataset import ReplayBatches, split_fractions
+from scaled_ql.replay.params import ParamsClient, fetch_params, publish_params
+from scaled_ql.replay.server import (OFFLINE, ONLINE, TRANSITION_FIELDS, VARIABLES,
+                                     ReplayError, ReplayTables, ServerProcess, check_address,
+                                     server_info, start_server, transition_signature)
+from scaled_ql.replay.writer import TransitionWriter, insert_episodes, n_step_return
