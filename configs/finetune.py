@@ -112,13 +112,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       _cpu(c)
       c.online.game = "freeway"
       c.online.mode, c.online.difficulty = VARIANTS["freeway"]
-      c.online.env_steps = 4000
+      c.online.env_steps = 20_000  # [SQL]'s budget; ~10 Freeway episodes per emulator.
       c.online.num_actors = 2
       c.online.envs_per_actor = 2
       c.online.replay_size = 20_000
-      c.online.min_replay_size = 200
+      c.online.min_replay_size = 500
       c.online.publish_every = 20
-      c.num_steps = 1000
+      c.batch_size = 32
+      c.num_steps = 5000  # env_steps x samples_per_insert / batch
     else:
       game = preset[len("online_"):]
       c.online.game = game

@@ -24,7 +24,7 @@ from absl import flags
 
 from launch import common
 from scaled_ql import data as data_lib
-from scaled_ql import evaluation
+from scaled_ql import envs, evaluation
 from scaled_ql import games as games_lib
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Pre-training workdir, its checkpoints/ "
@@ -48,6 +48,10 @@ _BEHAVIOUR_MAX = flags.DEFINE_integer("behaviour_max_episodes", 1000,
 _REPS = flags.DEFINE_integer("bootstrap_reps", evaluation.scores.DEFAULT_BOOTSTRAP_REPS,
                              "Stratified-bootstrap replications of the aggregate CIs.")
 _WORKERS = flags.DEFINE_integer("num_workers", 0, "Emulator worker processes (0: in process).")
+_MODE = flags.DEFINE_integer("mode", None, "ALE game mode to play (default: the ROM's, or the "
+                             "variant an online fine-tuning run trained on).")
+_DIFFICULTY = flags.DEFINE_integer("difficulty", None, "ALE difficulty to play (default as "
+                                   "--mode).")
 
 BASELINE_KINDS = ("random", "behaviour")
 
@@ -56,8 +60,9 @@ class InputError(ValueError):
   """Bad input found before any rollout; printed as one line, no traceback."""
 
 
-def check_inputs() -> tuple[evaluation.EvalCheckpoint, tuple[str, ...], dict]:
-  """Every check that can fail, cheapest first: (checkpoint, games, baseline options)."""
+def check_inputs() -> tuple[evaluation.EvalCheckpoint, tuple[str, ...], dict, dict]:
+  """Every check that can fail, cheapest first: (checkpoint, games, baseline options, game
+  variant {"mode", "difficulty"})."""
   if not _CHECKPOINT.value:
     raise InputError("--checkpoint is required: a pre-training workdir, its checkpoints/ "
                      "directory or a step directory.")
@@ -103,26 +108,42 @@ def check_inputs() -> tuple[evaluation.EvalCheckpoint, tuple[str, ...], dict]:
         raise InputError(f"--baselines=behaviour: {e}") from e
     options = dict(data_dir=data_dir, runs=runs,
                    checkpoints=list(range(span[0], span[1] + 1)) if span else None)
-  return checkpoint, games, options
+  variant = {}
+  for name, flag in (("mode", _MODE), ("difficulty", _DIFFICULTY)):
+    value = flag.value
+    if value is None and checkpoint.config.get("finetune.mode") == "online":
+      value = checkpoint.config.get(f"online.{name}", -1)  # What the run trained on.
+      value = None if value == -1 else value
+    variant[name] = value
+  for game in games:
+    modes, difficulties = envs.available_variants(game)
+    if variant["mode"] is not None and variant["mode"] not in modes:
+      raise InputError(f"--mode={variant['mode']}: {game} has no such mode; its ROM offers "
+                       f"modes {list(modes)}.")
+    if variant["difficulty"] is not None and variant["difficulty"] not in difficulties:
+      raise InputError(f"--difficulty={variant['difficulty']}: {game} has no such difficulty; "
+                       f"its ROM offers difficulties {list(difficulties)}.")
+  return checkpoint, games, options, variant
 
 
 def main(argv):
   del argv
   # -- Checks. ---------------------------------------------------------------------------
   try:
-    checkpoint, games, behaviour = check_inputs()
+    checkpoint, games, behaviour, variant = check_inputs()
   except InputError as e:
     sys.exit(f"error: {e}")
   out = _OUT.value or os.path.join(checkpoint.workdir or os.path.dirname(
       checkpoint.checkpoint_dir), "eval")
   max_steps = _MAX_STEPS.value or None
   protocol = dict(epsilon=_EPSILON.value, envs_per_game=_ENVS.value, seed=_SEED.value,
-                  max_steps_per_episode=max_steps, num_workers=_WORKERS.value)
+                  max_steps_per_episode=max_steps, num_workers=_WORKERS.value, **variant)
   print(f"evaluating {checkpoint.checkpoint_dir} step {checkpoint.step} ({checkpoint.loss_kind}, "
         f"{len(checkpoint.games)} heads) on {len(games)} games x {_EPISODES.value} episodes; "
         f"epsilon {_EPSILON.value}, sticky actions 0.25, "
         + (f"episodes cut at {max_steps} steps" if max_steps else "108,000-frame cap")
-        + f", seed {_SEED.value}", flush=True)
+        + f", seed {_SEED.value}"
+        + "".join(f", {k} {v}" for k, v in variant.items() if v is not None), flush=True)
 
   # -- The agent. ------------------------------------------------------------------------
   greedy = evaluation.make_greedy_policy(

@@ -340,7 +340,8 @@ def train_online(config, workdir: str, *, initial_params=None, meta_extra=None) 
       last_log["step"] = step
       returns = online.actors.new_returns()
       recent = online.actors.returns[-20:]
-      line = dict(step=step, env_steps=online.actors.env_steps(), episodes=len(returns),
+      line = dict(step=step, time=time.time(), env_steps=online.actors.env_steps(),
+                  episodes=len(returns),
                   mean_return_last_20=float(np.mean(recent)) if recent else None)
       with open(os.path.join(workdir, "online.jsonl"), "a") as f:
         f.write(json.dumps(dict(line, returns=returns)) + "\n")

@@ -75,6 +75,14 @@ def check_eval_config(config) -> None:
       raise ValueError(f"config.eval: {err}") from err
 
 
+def game_variant(config) -> dict:
+  """{"mode", "difficulty"} an online fine-tuning run plays (None: the ROM's default); both
+  None for offline runs."""
+  if "online" not in config or config.get("finetune", {}).get("mode") != "online":
+    return dict(mode=None, difficulty=None)
+  return {k: (None if config.online[k] == -1 else config.online[k]) for k in ("mode", "difficulty")}
+
+
 def evaluate_periodically(config, model, params, names, step: int, workdir: str, writer) -> str:
   """Plays the current parameters (config.eval) and logs the scores to TensorBoard and
   eval.jsonl. Returns a one-line summary on process 0, '' elsewhere."""
@@ -88,7 +96,7 @@ def evaluate_periodically(config, model, params, names, step: int, workdir: str,
       model, params, names, loss_kind=config.loss.kind, episodes_per_game=e.episodes_per_game,
       envs_per_game=e.envs_per_game, epsilon=e.epsilon, seed=e.seed,
       max_steps_per_episode=e.max_steps_per_episode or None, v_min=config.loss.v_min,
-      v_max=config.loss.v_max)
+      v_max=config.loss.v_max, **game_variant(config))
   writer.write_scalars(step, evaluation.scalars(result))
   evaluation.append_jsonl(os.path.join(workdir, evaluation.EVAL_LOG), step, result)
   iqm = (f"IQM {result.aggregates.iqm.value:.3f}" if result.aggregates

@@ -25,20 +25,23 @@ def evaluate_during_training(model, params: Any, games: Sequence[str], *, loss_k
                              max_steps_per_episode: Optional[int] = None,
                              head_games: Optional[Sequence[str]] = None,
                              v_min: float = -10.0, v_max: float = 10.0,
-                             reps: int = DEFAULT_REPS) -> results.Evaluation:
+                             reps: int = DEFAULT_REPS, mode: Optional[int] = None,
+                             difficulty: Optional[int] = None) -> results.Evaluation:
   """Plays `params` on `games` (heads: `head_games`, default `games`) and scores it.
 
   `params` may be sharded over the devices of one process (jit consumes them where they are);
   in a multi-host job gather them first (every process must take part in the gather), e.g.
   `jax.experimental.multihost_utils.process_allgather(state.params)`, and evaluate on process 0.
   The same seed every time: differences between evaluations come from the parameters.
+  mode / difficulty: an ALE game variant to play (online fine-tuning evaluates on its variant).
   """
   greedy = policy_lib.make_greedy_policy(model, params, loss_kind=loss_kind,
                                          head_games=head_games or games, games=games,
                                          v_min=v_min, v_max=v_max)
   played = rollout.run_episodes(greedy, games, episodes_per_game, epsilon=epsilon,
                                 envs_per_game=envs_per_game, seed=seed,
-                                max_steps_per_episode=max_steps_per_episode)
+                                max_steps_per_episode=max_steps_per_episode, mode=mode,
+                                difficulty=difficulty)
   return results.from_rollouts(played, "agent", reps=reps, seed=seed)
 
 

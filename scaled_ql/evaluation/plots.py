@@ -106,7 +106,8 @@ def aggregates_figure(evaluations: Sequence[results.Evaluation], path: str) -> O
   return _save(fig, path)
 
 
-CURVE_PANELS = (("loss", "loss"), ("td_loss", "TD loss"), ("cql_penalty", "CQL penalty"))
+CURVE_PANELS = (("loss", "loss"), ("td_loss", "TD loss"), ("cql_penalty", "CQL penalty"),
+                ("online/episode_return", "actors' episode return (last 20)"))
 
 
 def curves_figure(histories: dict[str, list[dict]], evals: dict[str, list[dict]],

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 from scaled_ql.evaluation import periodic, plots, results, tables
 
 METRICS_LOG = "metrics.jsonl"  # Written by launch.pretrain.
+ONLINE_LOG = "online.jsonl"  # Written by online fine-tuning (launch/online.py).
 
 
 @dataclasses.dataclass
@@ -72,6 +73,10 @@ def load_run(path: str, name: Optional[str] = None) -> Run:
     name = os.path.basename(os.path.normpath(workdir or os.path.dirname(results_path)))
   history = _jsonl(os.path.join(workdir, METRICS_LOG)) if workdir else []
   evals = _jsonl(os.path.join(workdir, periodic.EVAL_LOG)) if workdir else []
+  # Online fine-tuning: the actors' episode returns (WORKDIR/online.jsonl), as a curve.
+  online = _jsonl(os.path.join(workdir, ONLINE_LOG)) if workdir else []
+  history = history + [{"step": r["step"], "online/episode_return": r["mean_return_last_20"]}
+                       for r in online if r.get("mean_return_last_20") is not None]
   config = {}
   if workdir and os.path.isfile(os.path.join(workdir, "config.json")):
     with open(os.path.join(workdir, "config.json")) as f:

@@ -58,6 +58,9 @@ class Settings:
   # Set when a shorter cap than the protocol's 108,000 frames was asked for (a CPU budget):
   # episodes that reach it are cut short and their scores are not the protocol's.
   max_steps_per_episode: Optional[int] = None
+  # A game variant (ALE mode / difficulty) instead of the ROM's defaults; None = default.
+  mode: Optional[int] = None
+  difficulty: Optional[int] = None
 
   @property
   def cut_short(self) -> bool:
@@ -106,7 +109,8 @@ def run_episodes(greedy: Optional[GreedyFn], games: Sequence[str], episodes_per_
                  epsilon: float = DEFAULT_EPSILON, envs_per_game: int = 4, seed: int = 0,
                  max_steps_per_episode: Optional[int] = None, num_workers: int = 0,
                  policy_name: str = "greedy",
-                 on_episodes: Optional[Callable[[int], None]] = None) -> Rollouts:
+                 on_episodes: Optional[Callable[[int], None]] = None,
+                 mode: Optional[int] = None, difficulty: Optional[int] = None) -> Rollouts:
   """Plays `episodes_per_game` episodes of every game; see the module docstring.
 
   Args:
@@ -123,6 +127,8 @@ def run_episodes(greedy: Optional[GreedyFn], games: Sequence[str], episodes_per_
     num_workers: env worker processes (0 = step in this process).
     policy_name: recorded in the settings ("greedy", "random", ...).
     on_episodes: called with the number of newly recorded episodes (progress bars).
+    mode, difficulty: play this ALE game variant (every game must have it; see
+      `envs.available_variants`); None = the ROM's default.
   """
   games = tuple(games_lib.get_game(g).name for g in games)
   if len(set(games)) != len(games) or not games:
@@ -138,13 +144,14 @@ def run_episodes(greedy: Optional[GreedyFn], games: Sequence[str], episodes_per_
                       episodes_per_game=int(episodes_per_game), envs_per_game=k,
                       max_episode_frames=max_frames,
                       max_steps_per_episode=(None if max_steps_per_episode is None
-                                             else int(max_steps_per_episode)))
+                                             else int(max_steps_per_episode)),
+                      mode=mode, difficulty=difficulty)
 
   specs, rngs, game_index, quota, env_of_game = [], [], [], [], []
   for g, game in enumerate(games):
     for j in range(k):
       emulator_seed, rng = env_seeds(seed, game, j)
-      specs.append(envs.EnvSpec(game, emulator_seed))
+      specs.append(envs.EnvSpec(game, emulator_seed, mode, difficulty))
       rngs.append(rng)
       game_index.append(g)
       env_of_game.append(j)

@@ -120,6 +120,11 @@ def notes(evaluations: Sequence[results.Evaluation]) -> list[str]:
                f"below the protocol's 27,000): {'; '.join(parts)}. Their scores understate "
                f"full episodes and are not comparable with published numbers.")
   for e in evaluations:
+    if e.settings.get("mode") is not None or e.settings.get("difficulty") is not None:
+      out.append(f"{e.label}: played the game variant mode {e.settings.get('mode')}, "
+                 f"difficulty {e.settings.get('difficulty')} (None = the ROM's default); "
+                 f"human-normalized scores use the default game's reference scores.")
+  for e in evaluations:
     if e.settings.get("policy") != "behaviour data":
       continue
     partial = sum(g.truncated for g in e.games)
