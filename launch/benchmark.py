@@ -13,6 +13,9 @@ on how busy the machine is; wall-clock rates are printed beside them.
   matmul rate timed beside it) for Nature-CNN at batch 32 and 256 and ResNet-18/34 at batch 64;
   the data-wait fraction of a real `demo` pre-training run; Nature-CNN throughput on 1, 2 and 4
   forced host devices (one subprocess each).
+- replay: online fine-tuning's Reverb layer (`scaled_ql.replay`, server in its own process):
+  inserts/s of 84x84x4 transitions from one TransitionWriter (Pong and random frames) and
+  sampled transitions/s at batch 256 through ReplayBatches; wall-clock.
 """
 from __future__ import annotations
 
@@ -174,7 +177,8 @@ def eval_benchmark() -> None:
   400 steps; 1 game x 8 envs, then 4 games x 2 envs and 8 games x 1 env (one compiled policy
   for the mix). The env alone (uniform random actions, no network) is timed for reference: the
   difference is the policy's cost. Rates count the stepping loop (CPU time of this process, all
-  threads), not building the envs.
+  threads), not building the envs. Then each part of a step is timed alone (`_eval_step_costs`):
+  the rate cannot exceed 1e6 / the sum of those CPU microseconds.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from scaled_ql import evaluation, networks  # pylint: disable=g-import-not-at-top
@@ -204,6 +208,71 @@ def eval_benchmark() -> None:
              note=f"(wall: {played.agent_steps / played.seconds:,.0f}/s"
                   + (f"; policy {share:.0%} of wall time" if policy else "")
                   + f"; building the envs took {played.setup_seconds:.2f}s, not counted)")
+  greedy = evaluation.make_greedy_policy(model, params, loss_kind="c51", head_games=heads,
+                                         games=heads)
+  _eval_step_costs(heads, greedy, batch=8, goal=goal)
+
+
+def _cpu_us(fn: Callable[[], Any], repeats: int) -> float:
+  """CPU microseconds (this process, all threads) per call of `fn`, best of 3 rounds."""
+  fn()
+  best = math.inf
+  for _ in range(3):
+    start = time.process_time()
+    for _ in range(repeats):
+      fn()
+    best = min(best, (time.process_time() - start) / repeats)
+  return best * 1e6
+
+
+def _eval_step_costs(games: tuple[str, ...], greedy, batch: int, goal: float) -> None:
+  """Prints the CPU cost of each part of an evaluation step per agent step, each timed alone:
+  the emulator (`AtariEnv.step_screen`: 4 frames with sticky actions and the max-pool of the
+  last two, uniformly random actions) per game, the 84x84 area resize and the 4-frame stacking
+  of a batch of `batch` screens, and the policy at batch `batch` (per observation)."""
+  from scaled_ql import envs  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  emulator, screens = {}, []
+  for game in games:
+    env = envs.AtariEnv(game, seed=0)
+    env.reset()
+    screen = np.zeros(env.screen_shape, np.uint8)
+
+    def play(env=env, screen=screen):
+      _, terminated, truncated = env.step_screen(int(rng.integers(env.num_actions)), screen)
+      if terminated or truncated:
+        env.reset()
+
+    emulator[game] = _cpu_us(play, 300)
+    screens.append(screen.copy())
+  screens = np.stack((screens * batch)[:batch])
+  resize = _cpu_us(lambda: envs.resize_area(screens), 100) / batch
+  # pylint: disable=protected-access
+  reference = _cpu_us(lambda: envs._resize_area_reference(screens[0]), 100)
+  frames = envs.resize_area(screens)
+  stacks = envs._Stacks(batch, envs.FRAME_SHAPE, envs.STACK_SIZE)
+  # pylint: enable=protected-access
+
+  def stack():
+    stacks.push(frames)
+    return stacks.view().copy(), stacks.view().copy()  # Observation and next observation.
+
+  stacking = _cpu_us(stack, 300) / batch
+  observation = np.repeat(frames[..., None], envs.STACK_SIZE, axis=-1)
+  game_index = np.arange(batch) % len(games)
+  policy = _cpu_us(lambda: greedy(observation, game_index), 30) / batch
+  mean_emulator = float(np.mean(list(emulator.values())))
+  rest = resize + stacking
+  print(f"  eval CPU us per agent step, each part timed alone: emulator {mean_emulator:.0f} (mean "
+        f"of {len(games)} games: " + ", ".join(f"{g} {t:.0f}" for g, t in emulator.items())
+        + f"); resize {resize:.0f} (batch of {batch}; the float32 reference "
+        f"{reference:.0f}); stacking {stacking:.1f}; policy {policy:.0f} per observation at "
+        f"batch {batch}")
+  for label, emu in ((f"{games[0]}", emulator[games[0]]), (f"{len(games)} games", mean_emulator)):
+    print(f"  eval bound ({label}): env only <= {1e6 / (emu + rest):,.0f} agent steps/s, with "
+          f"the policy <= {1e6 / (emu + rest + policy):,.0f}; {goal:,.0f}/s allows "
+          f"{1e6 / goal:.0f} us per step in all")
 
 
 # -- learner: update-step MFU, data wait of a real run, forced host devices. ----------------
@@ -503,10 +572,137 @@ def _devices_child(n: int) -> None:
                         transitions_per_second=256 / timing["seconds"])))
 
 
+_REPLAY_INSERTS = flags.DEFINE_integer("replay_inserts", 3000,
+                                       "Transitions written per insert measurement (replay).")
+_REPLAY_BATCHES = flags.DEFINE_integer("replay_batches", 20,
+                                       "Batches of 256 timed through ReplayBatches (replay).")
+
+
+def _replay_stacks(frames: np.ndarray, count: int):
+  """`count` consecutive 4-frame stacks cycling through `frames` [T, 84, 84]."""
+  stack = np.zeros((84, 84, 4), np.uint8)
+  for t in range(count):
+    stack[..., :-1] = stack[..., 1:]
+    stack[..., -1] = frames[t % len(frames)]
+    yield stack.copy()
+
+
+def replay_benchmark() -> None:
+  """Online fine-tuning's Reverb layer (scaled_ql.replay), server in its own process.
+
+  Inserts/s: one TransitionWriter (1 env, n = 3) writing transitions of 84x84x4 stacks, timed
+  to the server's confirmation (flush), with real Pong frames from the emulator (what Reverb's
+  chunk compression sees in practice) and with random frames (incompressible: the worst
+  case). Sampled transitions/s: ReplayBatches at batch 256 from a table of the Pong
+  transitions, after warm-up. Wall-clock rates: the server's CPU is another process's, so the
+  per-core figures of the other sections would flatter it. Goals (ours; the issue sets none):
+  inserts >= 2,000/s, an emulator's single-core step rate with the policy, so that writing
+  never paces an actor; samples >= 10,000/s, 40 learner updates/s at batch 256.
+  """
+  from scaled_ql import envs, replay  # pylint: disable=g-import-not-at-top
+
+  count = _REPLAY_INSERTS.value
+  rng = np.random.default_rng(0)
+  env = envs.AtariEnv("pong", 0)
+  frames = [env.reset()]
+  while len(frames) < 1000:
+    frame, _, terminated, truncated = env.step(int(rng.integers(env.num_actions)))
+    frames.append(env.reset() if terminated or truncated else frame)
+  sources = {"Pong frames": np.stack(frames),
+             "random frames": rng.integers(0, 256, (1000, 84, 84), dtype=np.uint8)}
+  tables = replay.ReplayTables(max_size=2 * count + 1000, min_size_to_sample=1)
+  print(f"== replay: Reverb {tables.max_size:,}-transition table in a server process, one "
+        f"TransitionWriter (n = 3), ReplayBatches at batch 256 (prefetch 2); wall-clock rates",
+        flush=True)
+  with replay.start_server(tables=tables) as server:
+    for i, (name, source) in enumerate(sources.items()):
+      with replay.TransitionWriter(server.address, n_step=3, gamma=0.99, num_envs=1) as writer:
+        stacks = _replay_stacks(source, count + 1)
+        current = next(stacks)
+        actions, rewards = rng.integers(0, 6, count), rng.choice([0.0, 1.0], count)
+        with timed() as t:
+          for step, following in enumerate(stacks):
+            writer.add(0, current, int(actions[step]), float(rewards[step]), False,
+                       step % 500 == 499, following, 0)
+            current = following
+          writer.flush()
+      report(f"inserts / s, {name}", count / t["wall"], 2_000, "transitions/s",
+             note=f"({count:,} transitions of {84 * 84 * 4:,}-byte stacks; episodes of 500 "
+                  f"steps; {t['cpu'] / t['wall']:.0%} of a core in this process)")
+      if i == 0:  # Sample only Pong transitions.
+        with replay.ReplayBatches(server.address, 256, timeout_s=60) as batches:
+          for _ in range(3):
+            next(batches)
+          with timed() as t:
+            for _ in range(_REPLAY_BATCHES.value):
+              next(batches)
+        n = 256 * _REPLAY_BATCHES.value
+        report("sampled transitions / s, ReplayBatches", n / t["wall"], 10_000,
+               "transitions/s",
+               note=f"(batch 256 of {count:,} Pong transitions; {t['cpu'] / t['wall']:.0%} of "
+                    f"a core in this process, the server's not counted)")
+  _online_loop_rates()
+
+
+_ONLINE_ENV_STEPS = flags.DEFINE_integer("online_env_steps", 6000,
+                                         "Env-step budget of each timed online loop (replay).")
+
+
+def _online_run(backbone: str, workdir: str, samples_per_insert: float) -> dict:
+  """Runs `launch.finetune` (online_cpu) and reads its rates from its own logs, from the
+  first log line (the actors have the first parameters and the learner samples) to the last."""
+  out = _run(["launch.finetune", "--config=configs/finetune.py:online_cpu",
+              f"--backbone={backbone}", f"--workdir={workdir}",
+              f"--config.online.env_steps={_ONLINE_ENV_STEPS.value}", "--config.log_every=25",
+              f"--config.online.samples_per_insert={samples_per_insert}"],
+             dict(os.environ, JAX_PLATFORMS="cpu"), "the online loop")
+  with open(os.path.join(workdir, "online.jsonl")) as f:
+    log = [json.loads(line) for line in f]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    wait = float(np.median([json.loads(line)["data_wait_fraction"] for line in f]))
+  if len(log) < 2:
+    raise RuntimeError(f"the online loop logged {len(log)} lines:\n{out[-2000:]}")
+  seconds = log[-1]["time"] - log[0]["time"]
+  return dict(env=(log[-1]["env_steps"] - log[0]["env_steps"]) / seconds,
+              updates=(log[-1]["step"] - log[0]["step"]) / seconds, wait=wait)
+
+
+def _online_loop_rates() -> None:
+  """The whole online loop (`launch.finetune` with configs/finetune.py:online_cpu: a server
+  process, 2 actor processes x 2 Freeway mode-1 emulators, the learner at batch 32), from a
+  freshly initialised demo-sized backbone; start-up not counted. Twice: with the preset's
+  rate limiter (8 samples per inserted transition: env steps are then paced by the learner,
+  env steps/s = updates/s x 32 / 8) and without one (the actors' own pace beside a learner
+  that trains on the same cores). Goals (ours): the limiter holds its ratio within 10%; the
+  unpaced actors keep >= 1,000 env steps/s on this 2-core machine, half of its cores'
+  emulation rate, with the learner running."""
+  from scaled_ql import export  # pylint: disable=g-import-not-at-top
+
+  demo = common.load_config("configs/pretrain.py", "demo")
+  with tempfile.TemporaryDirectory() as tmp:
+    model = networks.build_q_network(demo.model, len(demo.games))
+    backbone = os.path.join(tmp, "backbone")
+    export.write_artifact(backbone, model_config=demo.model.to_dict(),
+                          params=networks.init_params(model, jax.random.PRNGKey(0)),
+                          games=demo.games, loss_kind="c51", step=0)
+    paced = _online_run(backbone, os.path.join(tmp, "paced"), 8.0)
+    free = _online_run(backbone, os.path.join(tmp, "free"), 0.0)
+  print(f"  online loop, {_ONLINE_ENV_STEPS.value:,} env steps per run, Freeway mode 1, "
+        f"learner batch 32:")
+  ratio = paced["updates"] * 32 / paced["env"]
+  report("  limiter 8: samples per env step", ratio, 8 * 0.9, "samples",
+         note=f"({paced['env']:,.0f} env steps/s beside {paced['updates']:.1f} updates/s; "
+              f"learner data wait {paced['wait']:.0%})")
+  report("  no limiter: env steps / s", free["env"], 1_000, "steps/s",
+         note=f"(beside {free['updates']:.1f} learner updates/s = {free['updates'] * 32:,.0f} "
+              f"sampled transitions/s; learner data wait {free['wait']:.0%})")
+
+
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "sampler": sampler_benchmark,
     "eval": eval_benchmark,
     "learner": learner_benchmark,
+    "replay": replay_benchmark,
 }
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import sys
+import threading
 import traceback
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
@@ -106,17 +108,235 @@ def _area_table(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
   return index, weight
 
 
-def resize_area(frame: np.ndarray, shape: tuple[int, int] = FRAME_SHAPE) -> np.ndarray:
-  """Shrinks a [H, W] uint8 frame to `shape` by area averaging, like `cv2.INTER_AREA`.
+def resize_area(frames: np.ndarray, shape: tuple[int, int] = FRAME_SHAPE) -> np.ndarray:
+  """Shrinks [..., H, W] uint8 frames to [..., *shape] by area averaging, like `cv2.INTER_AREA`.
 
-  Float32 arithmetic in OpenCV's order (columns, then rows; taps summed in sequence; round half
-  to even), so the result is the same to the bit, not just to +-1: the policy must see the pixels
-  the dataset holds. (Checked against opencv-python-headless 4.11 on real and random 210x160
-  frames. Integer factors, e.g. 168 -> 84, are refused: OpenCV computes those another way.)
+  The same to the bit as OpenCV, not just to +-1: the policy must see the pixels the dataset
+  holds. OpenCV computes in float32 (columns, then rows; taps summed in sequence; round half to
+  even), which `_resize_area_reference` repeats (checked against opencv-python-headless 4.11 on
+  real and random 210x160 frames). This function gets the same result about twice as fast, in
+  integers, and resizes a batch [N, H, W] in one call (what `VectorAtariEnv` does every step):
+
+  - Every area weight is a multiple of 1 / (in / gcd(in, out)) per axis (1/40 for 160 -> 84,
+    1/5 for 210 -> 84), so each output pixel is exactly S / 200 for an integer S <= 255 * 200.
+    S is computed exactly in uint16 lanes (four pixels per uint64 word, so each NumPy call
+    processes four pixels).
+  - OpenCV's float32 value differs from S / 200 by less than 2e-4 (at most about ten roundings of
+    relative size 2^-24 on a value <= 255; all terms are non-negative), while S / 200 is at least
+    1 / 200 away from a rounding boundary unless it lies exactly on one (S = 100 mod 200). So
+    every pixel off a boundary rounds as S / 200 does, and only the pixels on one ("ties", from
+    none to a few dozen per Atari frame) take OpenCV's float32 arithmetic, for those pixels alone.
+
+  Shapes where this does not apply (denominators too large for uint16 sums, such as Carnival's
+  214 rows; widths not a multiple of 4) take the float32 reference frame by frame. Integer
+  factors, e.g. 168 -> 84, are refused: OpenCV computes those another way.
+  """
+  frames = np.asarray(frames)
+  if frames.ndim < 2 or frames.dtype != np.uint8:
+    raise ValueError(f"resize_area takes uint8 [..., H, W] frames, got {frames.dtype} "
+                     f"{frames.shape}.")
+  lead, (height, width) = frames.shape[:-2], frames.shape[-2:]
+  plan = _integer_area_plan(height, width, *shape)
+  if frames.size == 0:
+    return np.zeros((*lead, *shape), np.uint8)
+  if plan is None:
+    flat = frames.reshape(-1, height, width)
+    return np.stack([_resize_area_reference(f, shape) for f in flat]).reshape(*lead, *shape)
+  return plan(np.ascontiguousarray(frames).reshape(-1, height, width)).reshape(*lead, *shape)
+
+
+class _IntegerAreaPlan:
+  """`resize_area` for one (H, W) -> (h, w) in exact integer arithmetic (see its docstring).
+
+  Pixels are widened to uint16 and handled four at a time as uint64 words (lane-wise sums and
+  products by small integers, none of which exceeds 16 bits, so no carry crosses lanes).
+  """
+
+  def __init__(self, height: int, width: int, out_height: int, out_width: int,
+               row_period: list[list[tuple[int, list[int]]]],
+               columns: tuple[np.ndarray, np.ndarray, int], den: int):
+    self.in_shape, self.out_shape = (height, width), (out_height, out_width)
+    # Rows repeat with a period of len(row_period) output rows per `self._row_block` input rows:
+    # row_period[o] lists (integer weight, [input rows within the period]) of output row o.
+    self._row_period = row_period
+    self._row_block = height * len(row_period) // out_height
+    # Columns: [taps * w] source columns (tap-major) and their integer weights [taps * w, 1],
+    # which broadcast over words of four output rows.
+    self._col_index = columns[0]
+    self._col_flat = columns[0].T.reshape(-1)
+    self._col_mult = columns[1].T.reshape(-1, 1).astype(np.uint64)
+    self._den = np.float32(den)
+    self._half = np.float32(den / 2)
+    self._row_index, self._row_weight_f32 = _area_table(height, out_height)
+    self._col_weight_f32 = _area_table(width, out_width)[1]
+    self._local = threading.local()
+
+  def _scratch(self, n: int) -> dict[str, np.ndarray]:
+    """This thread's work arrays for batches of n frames, kept between calls (allocating and
+    freeing about 1 MB per call costs page faults)."""
+    cache = self._local.__dict__.setdefault("scratch", {})
+    if n not in cache:
+      (height, width), (out_h, out_w) = self.in_shape, self.out_shape
+      words = n * width // 4
+      if len(cache) >= 4:  # A few batch sizes (a VectorAtariEnv's groups, single resets).
+        del cache[next(iter(cache))]
+      cache[n] = dict(
+          pixels=np.empty((self._row_block, height // self._row_block, n, width), np.uint16),
+          columns=np.empty((width, n, height // self._row_block, len(self._row_period)),
+                           np.uint16),
+          acc=np.empty((height // self._row_block, words), np.uint64),
+          part=np.empty((height // self._row_block, words), np.uint64),
+          taps=np.empty((len(self._col_flat), n, out_h), np.uint16),
+          total=np.empty((out_w, n * out_h // 4), np.uint64),
+          quotient=np.empty((out_w, n * out_h), np.float32),
+          whole=np.empty((out_w, n * out_h), np.float32))
+    return cache[n]
+
+  def __call__(self, frames: np.ndarray) -> np.ndarray:
+    """[N, H, W] uint8 (C-contiguous) -> [N, h, w] uint8."""
+    n = frames.shape[0]
+    (height, width), (out_h, out_w) = self.in_shape, self.out_shape
+    scratch = self._scratch(n)
+    # The frames as uint16 in the layout [block, H / block, N, W]: input row q * block + r is
+    # pixels[r, q], so that every row operation below runs over contiguous arrays of
+    # H / block * N * W pixels (NumPy's cost per call and per inner loop is then amortised).
+    block, period = self._row_block, len(self._row_period)
+    pixels = scratch["pixels"]
+    np.copyto(pixels, frames.reshape(n, height // block, block, width).transpose(2, 1, 0, 3))
+    # Rows, one period at a time: [block, H / block, N * W / 4] words -> columns [W, N, h]
+    # uint16 (transposed for the column pass), each output row of the period summed in a
+    # contiguous array and then copied into place (output row q * period + o is [:, :, q, o]).
+    words = pixels.view(np.uint64).reshape(block, height // block, -1)
+    columns, acc = scratch["columns"], scratch["acc"]
+    for o, groups in enumerate(self._row_period):
+      for g, (weight, sources) in enumerate(groups):
+        if g and weight == 1:  # Added in place.
+          for r in sources:
+            acc += words[r]
+          continue
+        part = acc if g == 0 else scratch["part"]
+        if len(sources) == 1:
+          np.copyto(part, words[sources[0]])
+        else:
+          np.add(words[sources[0]], words[sources[1]], out=part)
+        for r in sources[2:]:
+          part += words[r]
+        if weight & (weight - 1) == 0:  # A power of two: a shift.
+          part <<= weight.bit_length() - 1
+        else:
+          part *= weight
+        if g:
+          acc += part
+      np.copyto(columns[..., o], acc.view(np.uint16).reshape(-1, n, width).transpose(2, 1, 0))
+    # Columns: the source columns of every output column gathered from [W, N, h] into
+    # [taps * w, N * h] (words of four output rows), weighted and summed over the taps.
+    taps = np.take(columns.reshape(width, n, out_h), self._col_flat, axis=0, out=scratch["taps"])
+    taps = taps.reshape(len(self._col_flat), -1).view(np.uint64)
+    taps *= self._col_mult
+    taps = taps.reshape(-1, out_w, taps.shape[-1])
+    total = np.add(taps[0], taps[1], out=scratch["total"])
+    for k in range(2, taps.shape[0]):
+      total += taps[k]
+    # S of every output pixel [w, N, h] -> round(S / den) -> [N, h, w] uint8.
+    # round(S / den) = floor((S + den / 2) / den), in float32: S + den / 2 is exact, and so is
+    # the quotient where it is a whole number (a tie, S = den / 2 mod den; IEEE division rounds
+    # correctly), while any other quotient lies at least 1 / den > 2^-16 from a whole number, far
+    # more than its rounding error. So truncation gives the rounded value half up, and the ties
+    # are exactly the whole quotients; they are redone with OpenCV's floats.
+    quotient, whole = scratch["quotient"], scratch["whole"]
+    np.copyto(quotient, total.view(np.uint16).reshape(out_w, -1))
+    quotient += self._half
+    quotient /= self._den
+    out = quotient.reshape(out_w, n, out_h).transpose(1, 2, 0).astype(np.uint8, order="C")
+    np.trunc(quotient, out=whole)
+    ties = np.flatnonzero(quotient == whole)
+    if ties.size:
+      j, frame, i = np.unravel_index(ties, (out_w, n, out_h))
+      out[frame, i, j] = self._opencv_pixels(frames, frame, i, j)
+    return out
+
+  def _opencv_pixels(self, frames: np.ndarray, frame: np.ndarray, i: np.ndarray,
+                     j: np.ndarray) -> np.ndarray:
+    """OpenCV's float32 result for output pixels (i, j) of `frame` in [N, h, w]."""
+    height, width = self.in_shape
+    source = (frame[:, None, None] * (height * width) + self._row_index[i][:, :, None] * width
+              + self._col_index[j][:, None, :])
+    # [T, row taps, column taps]: columns first, each row's taps summed in sequence.
+    pixels = frames.reshape(-1)[source].astype(np.float32) * self._col_weight_f32[j][:, None, :]
+    rows = pixels[:, :, 0] + pixels[:, :, 1]
+    for k in range(2, pixels.shape[2]):
+      rows += pixels[:, :, k]
+    rows *= self._row_weight_f32[i]
+    total = rows[:, 0] + rows[:, 1]
+    for k in range(2, rows.shape[1]):
+      total += rows[:, k]
+    return np.rint(total).astype(np.uint8)
+
+
+def _integer_taps(in_size: int, out_size: int) -> Optional[tuple[np.ndarray, np.ndarray, int]]:
+  """(indices [out, taps], integer weights [out, taps], denominator) equal to `_area_table`'s
+  float32 weights (weight = integer / denominator, each row summing to the denominator), or None
+  when the table has fewer than 2 taps or its weights are not such fractions."""
+  index, weight = _area_table(in_size, out_size)
+  den = in_size // np.gcd(in_size, out_size)
+  numerator = np.rint(weight.astype(np.float64) * den)
+  if (index.shape[1] < 2 or np.any(np.abs(weight - numerator / den) > 1e-6)
+      or np.any(numerator.sum(axis=1) != den)):
+    return None
+  return index, numerator.astype(np.int64), int(den)
+
+
+def _periodic_taps(index: np.ndarray, weight: np.ndarray, in_size: int,
+                   out_size: int) -> Optional[list[list[tuple[int, list[int]]]]]:
+  """The taps of one period (out / gcd outputs over in / gcd inputs) as, per output, a list of
+  (weight, [inputs within the period]), or None if the taps do not repeat with that period."""
+  g = int(np.gcd(in_size, out_size))
+  block_in, block_out = in_size // g, out_size // g
+  period = []
+  for o in range(block_out):
+    taps = {}
+    for j, w in zip(index[o], weight[o]):
+      if w:
+        taps[int(j)] = taps.get(int(j), 0) + int(w)
+    for q in range(g):
+      shifted = {}
+      for j, w in zip(index[q * block_out + o], weight[q * block_out + o]):
+        if w:
+          shifted[int(j) - q * block_in] = shifted.get(int(j) - q * block_in, 0) + int(w)
+      if shifted != taps or any(not 0 <= j < block_in for j in taps):
+        return None
+    groups = {}
+    for j, w in sorted(taps.items()):
+      groups.setdefault(w, []).append(j)
+    # Weight-1 groups last: they add straight into the accumulator (no scratch array).
+    period.append(sorted(groups.items(), key=lambda item: (item[0] == 1, item[0])))
+  return period
+
+
+@functools.lru_cache(maxsize=None)
+def _integer_area_plan(height: int, width: int, out_height: int,
+                       out_width: int) -> Optional[_IntegerAreaPlan]:
+  """The exact integer resize for these shapes, or None where it does not apply."""
+  rows, columns = _integer_taps(height, out_height), _integer_taps(width, out_width)
+  if rows is None or columns is None or width % 4 or out_height % 4:
+    return None
+  den = rows[2] * columns[2]
+  if 255 * den >= 1 << 16:  # Every sum must fit a uint16 lane.
+    return None
+  row_period = _periodic_taps(rows[0], rows[1], height, out_height)
+  if row_period is None:
+    return None
+  return _IntegerAreaPlan(height, width, out_height, out_width, row_period, columns, den)
+
+
+def _resize_area_reference(frame: np.ndarray, shape: tuple[int, int] = FRAME_SHAPE) -> np.ndarray:
+  """`resize_area` of one [H, W] uint8 frame by OpenCV's own float32 arithmetic (slow).
+
+  Columns first, as OpenCV does; taps summed in order; round half to even. Both passes gather
+  whole rows (fast), hence the transposes.
   """
   if frame.ndim != 2:
     raise ValueError(f"resize_area takes a single [H, W] frame, got shape {frame.shape}.")
-  # Columns first, as OpenCV does; both passes gather whole rows (fast), hence the transposes.
   columns = _shrink_rows(frame.T.astype(np.float32), *_area_table(frame.shape[1], shape[1]))
   out = _shrink_rows(np.ascontiguousarray(columns.T), *_area_table(frame.shape[0], shape[0]))
   return np.rint(out).astype(np.uint8)  # Weights sum to 1: out is within [0, 255].
@@ -140,7 +360,8 @@ class AtariEnv:
   the max over its last two emulator frames; a step that the episode's end cuts short (no frames
   are played past a game over or the frame limit) shows its final frame alone. `mode` /
   `difficulty` select a game variant (None: the ROM's default); `available_variants(game)` lists
-  them.
+  them. `reset_screen` / `step_screen` are the same steps writing the raw screen (before the
+  resize) into a caller's buffer, so that `VectorAtariEnv` resizes all its envs' screens at once.
   """
 
   def __init__(self, game: GameLike, seed: int, *,
@@ -180,7 +401,9 @@ class AtariEnv:
 
     self._actions = tuple(ale_py.Action(a) for a in self._game.minimal_actions)
     height, width = ale.getScreenDims()
-    self._screens = np.zeros((2, height, width), np.uint8)  # The last two frames fetched.
+    self._previous = np.zeros((height, width), np.uint8)  # A step's next-to-last frame.
+    self._last = np.zeros((height, width), np.uint8)  # A step's last frame.
+    self._screen = np.zeros((height, width), np.uint8)  # A step's observation, before resizing.
     self._episode_over = True
 
   @property
@@ -212,12 +435,15 @@ class AtariEnv:
     """Emulator frames since the episode's start (what truncation counts)."""
     return self._ale.getEpisodeFrameNumber()
 
+  @property
+  def screen_shape(self) -> tuple[int, int]:
+    """The emulator's screen, (height, width): what `resize_area` shrinks."""
+    return self._screen.shape
+
   def reset(self) -> np.ndarray:
     """Starts a new episode; returns its first frame, [84, 84] uint8."""
-    self._ale.reset_game()
-    self._episode_over = False
-    self._ale.getScreenGrayscale(self._screens[1])
-    return resize_area(self._screens[1])
+    self.reset_screen(self._screen)
+    return resize_area(self._screen)
 
   def step(self, action: int) -> tuple[np.ndarray, float, bool, bool]:
     """Repeats minimal-set action `action` for frame_skip frames.
@@ -233,29 +459,102 @@ class AtariEnv:
     if not 0 <= action < self.num_actions:
       raise ValueError(f"{self._game.ale_name} has {self.num_actions} actions (indices 0.."
                        f"{self.num_actions - 1}), got action {action}.")
-    ale, ale_action = self._ale, self._actions[int(action)]
-    reward, fetched = 0.0, 0
-    terminated = truncated = False
-    for t in range(self._frame_skip):
+    reward, terminated, truncated = self.step_screen(int(action), self._screen)
+    return resize_area(self._screen), reward, terminated, truncated
+
+  def reset_screen(self, out: np.ndarray) -> None:
+    """`reset()` that writes the first raw screen ([H, W] uint8, before resizing) into `out`.
+
+    For batched preprocessing (`VectorAtariEnv` resizes all its envs' screens in one call).
+    """
+    self._ale.reset_game()
+    self._episode_over = False
+    self._ale.getScreenGrayscale(out)
+
+  def step_screen(self, action: int, out: np.ndarray) -> tuple[float, bool, bool]:
+    """`step()` that writes the observation's raw screen into `out` instead of returning the
+    resized frame: the max of the step's last two emulator frames, or its last frame alone when
+    the episode's end cuts the step short. `action` (a Python int) is not checked here.
+
+    Returns (summed reward, terminated, truncated).
+    """
+    if self._episode_over:
+      raise RuntimeError(f"{self._game.ale_name}: step() called with no episode running; call "
+                         "reset() first (also after an episode ends).")
+    ale, ale_action, skip = self._ale, self._actions[action], self._frame_skip
+    reward, previous = 0, False
+    for t in range(skip):
       reward += ale.act(ale_action)
       terminated = ale.game_over(with_truncation=False)
       truncated = not terminated and ale.getEpisodeFrameNumber() >= self._max_episode_frames
-      ended = terminated or truncated
-      if t >= self._frame_skip - 2 or ended:
-        self._screens[0] = self._screens[1]
-        ale.getScreenGrayscale(self._screens[1])
-        fetched += 1
-      if ended:
+      if terminated or truncated or t == skip - 1:
         break
+      if t == skip - 2:  # The next-to-last frame of a full step.
+        ale.getScreenGrayscale(self._previous)
+        previous = True
     self._episode_over = terminated or truncated
-    screen = self._screens.max(axis=0) if fetched >= 2 else self._screens[1]
-    return resize_area(screen), float(reward), terminated, truncated
+    if previous:  # The step ran to its last frame: max-pool the last two.
+      ale.getScreenGrayscale(self._last)
+      np.maximum(self._previous, self._last, out=out)
+    else:
+      ale.getScreenGrayscale(out)
+    return float(reward), terminated, truncated
 
 
 def make_variant_env(game: GameLike, mode: Optional[int], difficulty: Optional[int], seed: int,
                      **kwargs) -> AtariEnv:
   """An `AtariEnv` of one game variant (a ROM mode and difficulty); kwargs go to AtariEnv."""
   return AtariEnv(game, seed, mode=mode, difficulty=difficulty, **kwargs)
+
+
+# Word types holding a whole stack of uint8 pixels, one byte per frame.
+_STACK_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+class _Stacks:
+  """N frame stacks [N, *frame_shape, stack_size] uint8, oldest frame first.
+
+  With 1, 2, 4 or 8 frames a pixel's stack is one machine word whose bytes are the frames in
+  memory order, so pushing a frame into every stack is a shift and an or over [N, 84, 84] words
+  (not a copy of 3 of the 4 channels of a channels-last array); `view()` is the uint8 stacks.
+  """
+
+  def __init__(self, n: int, frame_shape: tuple[int, int], stack_size: int):
+    word = _STACK_WORDS.get(stack_size)
+    shape = (n, *frame_shape)
+    if word is None:  # Other stack sizes: a plain channels-last array.
+      self._words, self._stacks = None, np.zeros((*shape, stack_size), np.uint8)
+      return
+    self._words = np.zeros(shape, word)
+    self._stacks = self._words.view(np.uint8).reshape(*shape, stack_size)
+    self._frame = np.zeros(shape, word)  # Scratch: frames widened to words.
+    # The newest frame is the word's last byte in memory: its top byte on little-endian machines.
+    self._newest = 8 * (stack_size - 1) if sys.byteorder == "little" else 0
+    self._older = 8 if sys.byteorder == "little" else -8  # Shifts the others one byte earlier.
+
+  def view(self) -> np.ndarray:
+    """The stacks [N, *frame_shape, stack_size] uint8 (a view: copy before handing out)."""
+    return self._stacks
+
+  def push(self, frames: np.ndarray) -> None:
+    """Appends frames [N, *frame_shape] uint8 to all stacks, dropping the oldest."""
+    if self._words is None:
+      self._stacks[..., :-1] = self._stacks[..., 1:]
+      self._stacks[..., -1] = frames
+      return
+    if self._older > 0:
+      self._words >>= self._older
+    else:
+      self._words <<= -self._older
+    np.copyto(self._frame, frames)
+    if self._newest:
+      self._frame <<= self._newest
+    self._words |= self._frame
+
+  def reset(self, index, frames: np.ndarray) -> None:
+    """Stacks `index` (an int, slice or index array) restart: zeros, then `frames` newest."""
+    self._stacks[index] = 0
+    self._stacks[index, ..., -1] = frames
 
 
 class FrameStacker:
@@ -270,12 +569,13 @@ class FrameStacker:
     if stack_size < 1:
       raise ValueError(f"stack_size must be positive, got {stack_size}.")
     self._frame_shape = tuple(frame_shape)
-    self._stack = np.zeros((*self._frame_shape, stack_size), np.uint8)
+    self._stack_size = int(stack_size)
+    self._stacks = _Stacks(1, self._frame_shape, self._stack_size)
     self._started = False
 
   @property
   def stack_size(self) -> int:
-    return self._stack.shape[-1]
+    return self._stack_size
 
   def _check(self, frame: np.ndarray) -> None:
     if frame.shape != self._frame_shape or frame.dtype != np.uint8:
@@ -285,19 +585,17 @@ class FrameStacker:
   def reset(self, first_frame: np.ndarray) -> np.ndarray:
     """Starts an episode: zeros, then `first_frame` last. Returns a copy of the stack."""
     self._check(first_frame)
-    self._stack[...] = 0
-    self._stack[..., -1] = first_frame
+    self._stacks.reset(0, first_frame)
     self._started = True
-    return self._stack.copy()
+    return self._stacks.view()[0].copy()
 
   def push(self, frame: np.ndarray) -> np.ndarray:
     """Appends `frame`, dropping the oldest. Returns a copy of the stack."""
     if not self._started:
       raise RuntimeError("FrameStacker.push() before reset(): an episode must start with reset().")
     self._check(frame)
-    self._stack[..., :-1] = self._stack[..., 1:]
-    self._stack[..., -1] = frame
-    return self._stack.copy()
+    self._stacks.push(frame[None])
+    return self._stacks.view()[0].copy()
 
 
 class EnvSpec(NamedTuple):
@@ -355,9 +653,20 @@ class VectorAtariEnv:
     if num_workers == 0:
       self._envs = [AtariEnv(s.game, s.seed, mode=s.mode, difficulty=s.difficulty, **env_kwargs)
                     for s in self._specs]
-      self._stackers = [FrameStacker() for _ in self._specs]
-      self._returns = np.zeros(len(self._specs), np.float64)
-      self._lengths = np.zeros(len(self._specs), np.int64)
+      n = len(self._specs)
+      # Raw screens, one [k, H, W] batch per screen size (a few games' screens are taller), each
+      # resized by one call; env i writes into its own row, self._screen_of[i].
+      shapes = [env.screen_shape for env in self._envs]
+      self._screen_groups, self._screen_of = [], [None] * n
+      for shape in dict.fromkeys(shapes):
+        members = np.array([i for i in range(n) if shapes[i] == shape])
+        screens = np.zeros((len(members), *shape), np.uint8)
+        self._screen_groups.append((members, screens))
+        for i, screen in zip(members.tolist(), screens):
+          self._screen_of[i] = screen
+      self._stacks = _Stacks(n, FRAME_SHAPE, STACK_SIZE)
+      self._returns = np.zeros(n, np.float64)
+      self._lengths = np.zeros(n, np.int64)
     else:
       if start_method not in ("spawn", "forkserver"):
         raise ValueError(f"start_method must be 'spawn' or 'forkserver' (fork is unsafe next to "
@@ -406,7 +715,19 @@ class VectorAtariEnv:
       return np.concatenate([_receive(parent) for parent, _ in self._workers])
     self._returns[:] = 0
     self._lengths[:] = 0
-    return np.stack([st.reset(env.reset()) for env, st in zip(self._envs, self._stackers)])
+    for env, screen in zip(self._envs, self._screen_of):
+      env.reset_screen(screen)
+    self._stacks.reset(slice(None), self._resized_screens())
+    return self._stacks.view().copy()
+
+  def _resized_screens(self) -> np.ndarray:
+    """All envs' raw screens resized: [N, 84, 84] uint8."""
+    if len(self._screen_groups) == 1:
+      return resize_area(self._screen_groups[0][1])
+    frames = np.empty((self.num_envs, *FRAME_SHAPE), np.uint8)
+    for members, screens in self._screen_groups:
+      frames[members] = resize_area(screens)
+    return frames
 
   def step(self, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     """Steps every env with its action; see the class docstring for what comes back."""
@@ -431,25 +752,28 @@ class VectorAtariEnv:
 
   def _step_local(self, actions: np.ndarray):
     n = self.num_envs
-    obs = np.empty((n, *FRAME_SHAPE, STACK_SIZE), np.uint8)
-    next_obs = np.empty_like(obs)
     rewards = np.zeros(n, np.float32)
     terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
-    done = np.zeros(n, bool)
-    episode_return = np.full(n, np.nan, np.float64)
-    episode_length = np.zeros(n, np.int64)
-    for i, (env, stacker) in enumerate(zip(self._envs, self._stackers)):
-      frame, rewards[i], terminated[i], truncated[i] = env.step(int(actions[i]))
-      next_obs[i] = stacker.push(frame)
-      self._returns[i] += rewards[i]
-      self._lengths[i] += 1
-      if terminated[i] or truncated[i]:
-        done[i] = True
-        episode_return[i], episode_length[i] = self._returns[i], self._lengths[i]
-        self._returns[i], self._lengths[i] = 0.0, 0
-        obs[i] = stacker.reset(env.reset())
-      else:
-        obs[i] = next_obs[i]
+    # The envs write their raw screens into one batch, resized by one call and pushed into all
+    # stacks at once (per-env NumPy calls would cost more than the arithmetic).
+    for i, (env, action, screen) in enumerate(zip(self._envs, actions.tolist(), self._screen_of)):
+      rewards[i], terminated[i], truncated[i] = env.step_screen(action, screen)
+    self._stacks.push(self._resized_screens())
+    next_obs = self._stacks.view().copy()
+    self._returns += rewards
+    self._lengths += 1
+    done = terminated | truncated
+    episode_return = np.where(done, self._returns, np.nan)
+    episode_length = np.where(done, self._lengths, 0)
+    ended = np.flatnonzero(done)
+    if ended.size:
+      self._returns[ended], self._lengths[ended] = 0.0, 0
+      for i in ended.tolist():
+        self._envs[i].reset_screen(self._screen_of[i])
+        self._stacks.reset(i, resize_area(self._screen_of[i]))
+      obs = self._stacks.view().copy()
+    else:
+      obs = next_obs.copy()
     info = dict(episode_done=done, episode_return=episode_return, episode_length=episode_length,
                 next_observation=next_obs)
     return obs, rewards, terminated, truncated, info

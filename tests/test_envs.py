@@ -52,6 +52,66 @@ def test_resize_area_hand_computed():
   assert envs.resize_area(frame)[0, 0] == round(rows @ frame[:3, :2] @ cols)
 
 
+def _atari_screens(per_game=12):
+  """Raw grayscale screens (max-pooled as the env does) from a few games under random play."""
+  rng = np.random.default_rng(0)
+  screens = []
+  for game in ("pong", "breakout", "seaquest", "ms_pacman", "space_invaders", "enduro"):
+    env = envs.AtariEnv(game, seed=1)
+    env.reset()
+    screen = np.zeros(env.screen_shape, np.uint8)
+    for t in range(15 * per_game):
+      _, terminated, truncated = env.step_screen(int(rng.integers(env.num_actions)), screen)
+      if t % 15 == 14:
+        screens.append(screen.copy())
+      if terminated or truncated:
+        env.reset()
+  return screens
+
+
+def test_fast_resize_equals_the_float32_reference_to_the_bit():
+  # resize_area computes in integers and redoes only the ties (pixels exactly on a rounding
+  # boundary) in OpenCV's float32 arithmetic; _resize_area_reference is that arithmetic for the
+  # whole frame (pinned to cv2 by the hashes above).
+  assert envs._integer_area_plan(210, 160, 84, 84) is not None  # The fast path is under test.
+  rng = np.random.default_rng(0)
+  i, j = np.meshgrid(np.arange(210), np.arange(160), indexing="ij")
+  frames = (_atari_screens()
+            + [rng.integers(0, 256, (210, 160), dtype=np.uint8) for _ in range(40)]
+            + [np.full((210, 160), v, np.uint8) for v in (0, 1, 128, 255)]
+            + [np.where((i + j) % 2, 255, 0).astype(np.uint8),  # Many ties.
+               np.where(j % 2, 255, 0).astype(np.uint8), (i * j % 256).astype(np.uint8)])
+  reference = np.stack([envs._resize_area_reference(f) for f in frames])
+  for frame, expected in zip(frames, reference):
+    np.testing.assert_array_equal(envs.resize_area(frame), expected)
+  # A batch (what VectorAtariEnv resizes per step), any leading shape, and the same again.
+  batch = np.stack(frames)
+  np.testing.assert_array_equal(envs.resize_area(batch), reference)
+  np.testing.assert_array_equal(envs.resize_area(batch[:6].reshape(2, 3, 210, 160)),
+                                reference[:6].reshape(2, 3, 84, 84))
+  np.testing.assert_array_equal(envs.resize_area(batch[:8]), reference[:8])
+  # The ties were exercised: pixels whose exact area average is k + 1/2.
+  rows, cols = envs._area_table(210, 84), envs._area_table(160, 84)
+  dense_rows = np.zeros((84, 210))
+  dense_cols = np.zeros((160, 84))
+  np.add.at(dense_rows, (np.arange(84)[:, None], rows[0]), rows[1])
+  np.add.at(dense_cols, (cols[0], np.arange(84)[:, None]), cols[1])
+  exact = np.rint(np.einsum("ab,nbc,cd->nad", dense_rows, batch.astype(np.float64),
+                            dense_cols) * 200)
+  assert np.sum(exact % 200 == 100) > 1000
+
+
+def test_resize_of_other_screen_sizes_takes_the_reference():
+  # Carnival's screen is 214 rows high: no integer plan there, the float32 reference instead.
+  rng = np.random.default_rng(1)
+  frames = rng.integers(0, 256, (3, 214, 160), dtype=np.uint8)
+  assert envs._integer_area_plan(214, 160, 84, 84) is None
+  np.testing.assert_array_equal(envs.resize_area(frames),
+                                [envs._resize_area_reference(f) for f in frames])
+  with pytest.raises(ValueError, match="uint8"):
+    envs.resize_area(frames.astype(np.float32))
+
+
 def test_freeway_up_scores_and_noop_does_not():
   freeway = games.get_game("freeway")
   up = freeway.minimal_actions.index(2)  # ALE action UP.
@@ -135,6 +195,50 @@ def test_frame_stacker_pads_with_zeros_and_shifts_oldest_out():
   assert stacker.reset(frames[4])[0, 0].tolist() == [0, 0, 0, 55]  # A new episode: zeros again.
   with pytest.raises(ValueError, match="uint8"):
     stacker.push(np.zeros((84, 84), np.float32))
+
+
+@pytest.mark.parametrize("stack_size", [1, 2, 3, 4, 8])
+def test_frame_stacker_equals_a_plain_shifted_stack(stack_size):
+  # Sizes 1, 2, 4 and 8 keep a pixel's stack in one machine word; 3 takes the plain array.
+  rng = np.random.default_rng(stack_size)
+  stacker = envs.FrameStacker(stack_size)
+  expected = None
+  for t in range(20):
+    frame = rng.integers(0, 256, (84, 84), dtype=np.uint8)
+    if t % 7 == 0:
+      expected = np.zeros((84, 84, stack_size), np.uint8)
+      expected[..., -1] = frame
+      got = stacker.reset(frame)
+    else:
+      expected = np.concatenate([expected[..., 1:], frame[..., None]], axis=-1)
+      got = stacker.push(frame)
+    np.testing.assert_array_equal(got, expected)
+    got[...] = 7  # A copy: changing it changes nothing inside.
+  np.testing.assert_array_equal(stacker.push(frame), np.concatenate(
+      [expected[..., 1:], frame[..., None]], axis=-1))
+
+
+def test_vector_env_mixes_screen_sizes():
+  # Carnival's screens are 214 rows high, Pong's 210: resized in separate batches.
+  specs = [("carnival", 0), ("pong", 1), ("carnival", 2)]
+  singles = [envs.AtariEnv(g, s, max_episode_frames=200) for g, s in specs]
+  stackers = [envs.FrameStacker() for _ in specs]
+  with envs.VectorAtariEnv(specs, max_episode_frames=200) as vec:
+    np.testing.assert_array_equal(vec.reset(),
+                                  [st.reset(e.reset()) for e, st in zip(singles, stackers)])
+    rng, ended = np.random.default_rng(0), 0
+    for _ in range(60):
+      actions = rng.integers(0, vec.num_actions)
+      obs, _, _, _, info = vec.step(actions)
+      for i, (env, stacker) in enumerate(zip(singles, stackers)):
+        frame, _, terminated, truncated = env.step(int(actions[i]))
+        np.testing.assert_array_equal(info["next_observation"][i], stacker.push(frame))
+        if terminated or truncated:
+          np.testing.assert_array_equal(obs[i], stacker.reset(env.reset()))
+        else:
+          np.testing.assert_array_equal(obs[i], info["next_observation"][i])
+      ended += info["episode_done"].sum()
+  assert ended == 3  # Each env was reset once (episodes cut at 50 steps).
 
 
 SPECS = [("pong", 0), ("breakout", 1), ("freeway", 2)]

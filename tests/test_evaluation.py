@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaled_ql import data, evaluation, networks
+from scaled_ql import data, evaluation, losses, networks
+from scaled_ql import games as games_lib
 from scaled_ql.evaluation import policy as policy_lib
 from scaled_ql.evaluation import report, scores, tables
 
@@ -122,6 +123,27 @@ def test_greedy_policy_is_legal_for_every_game_in_one_batch():
     policy_lib.head_indices(GAMES, ["space_invaders"])
 
 
+@pytest.mark.parametrize("heads, batch", [(GAMES, 12), (GAMES + ("qbert", "seaquest"), 3)])
+def test_policy_takes_each_examples_own_head_as_the_network_does(heads, batch):
+  # The policy applies only each example's head (one-hot over the heads when there are at most
+  # as many heads as examples, gathered kernels otherwise); the network applies all of them.
+  model = networks.build_q_network(dict(encoder="nature", spatial_features=2, feature_dim=8,
+                                        num_atoms=51), len(heads))
+  params = networks.init_params(model, jax.random.PRNGKey(1))
+  rng = np.random.default_rng(1)
+  obs = rng.integers(0, 256, (batch, 84, 84, 4), dtype=np.uint8)
+  game_id = rng.integers(0, len(heads), batch).astype(np.int32)
+  logits = model.apply({"params": params}, obs, jnp.asarray(game_id), 1).logits
+  features = model.apply({"params": params}, obs, method="features")
+  got = policy_lib.head_logits(params["head"], features, jnp.asarray(game_id))
+  np.testing.assert_allclose(got.reshape(logits.shape), logits, rtol=1e-5, atol=1e-5)
+  greedy = evaluation.make_greedy_policy(model, params, loss_kind="c51", head_games=heads,
+                                         games=heads)
+  q = np.asarray(evaluation.action_values("c51", logits, losses.make_support(-10.0, 10.0, 51)))
+  legal = games_lib.legal_action_mask(heads)[game_id]
+  np.testing.assert_array_equal(greedy(obs, game_id), np.where(legal, q, -np.inf).argmax(-1))
+
+
 # -- Rollouts in the emulator. --------------------------------------------------------------------
 
 def _returns_of(rollouts, game):
@@ -138,6 +160,22 @@ def test_freeway_always_up_scores_and_noop_does_not_deterministically():
   assert up.episodes == again.episodes  # Same seed: identical episodes, seeds included.
   assert [e.length for e in up.episodes] == [250, 250] and all(e.truncated for e in up.episodes)
   assert up.settings.max_episode_frames == 1000 and up.settings.cut_short
+
+
+def test_game_variants_are_played_and_recorded():
+  # Always-UP crosses Freeway's default road ~22 times in 3,000 steps; mode 1's traffic
+  # knocks the chicken back far more often.
+  kwargs = dict(envs_per_game=1, seed=0, max_steps_per_episode=3000, epsilon=0.0)
+  default = evaluation.run_episodes(evaluation.fixed_action_policy(UP), ["freeway"], 1, **kwargs)
+  mode1 = evaluation.run_episodes(evaluation.fixed_action_policy(UP), ["freeway"], 1, mode=1,
+                                  difficulty=0, **kwargs)
+  assert _returns_of(default, "freeway")[0] >= 15 > 2 * _returns_of(mode1, "freeway")[0]
+  assert (mode1.settings.mode, mode1.settings.difficulty) == (1, 0)
+  assert default.settings.mode is None
+  result = evaluation.from_rollouts(mode1, "agent", reps=100)
+  assert any("variant mode 1, difficulty 0" in n for n in evaluation.notes([result]))
+  with pytest.raises(ValueError, match="no mode 99"):
+    evaluation.run_episodes(None, ["freeway"], 1, mode=99)
 
 
 def test_episodes_depend_on_the_seed_not_on_the_batch_neighbours():
