@@ -20,6 +20,7 @@ on how busy the machine is; wall-clock rates are printed beside them.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -445,7 +446,7 @@ def _time_update(case: dict, rounds: int) -> dict:
       state, t = step(state)
       times.append(t)
     rate = 2 * _MATMUL_SIZE**3 / min(before, _matmul_seconds())
-    mfus.append(case["xla_flops"] / min(times) / rate)
+    mfus.append(case["analytic_flops"] / min(times) / rate)
     seconds.append(min(times))
   case["state"] = state  # The old one was donated.
   return dict(mfu=float(np.median(mfus)), seconds=float(np.median(seconds)),
@@ -459,18 +460,20 @@ def _single_device_mesh() -> Mesh:
 def learner_benchmark() -> None:
   """Issue 4's learner figures: update-step MFU, the data wait of a real run, forced devices.
 
-  MFU = the update's FLOPs (XLA's cost analysis of the compiled step; the matmul/convolution
-  count from the layer shapes beside it) per second, over the float32 matmul rate measured
-  beside each timing in this run.
+  MFU = the update's model FLOPs (2 x the multiply-adds of every matmul and convolution of
+  the architecture, from the layer shapes: forward, backward, target forward;
+  `_analytic_update_flops`) per second, over the float32 matmul rate measured beside each
+  timing in this run. "XLA count" is XLA's cost analysis of the compiled step relative to that
+  (what the machine executes: padding taps, the folded embedding, ...).
   """
   rounds = _LEARNER_ROUNDS.value
   mesh = _single_device_mesh()
   print(f"== learner: C51 + CQL update step (learner.jit_update, 1-device mesh, Adam; paper "
-        f"head sizes), games {'/'.join(LEARNER_GAMES)}, game-blocked batches; MFU against a "
-        f"{_MATMUL_SIZE}^2 float32 matmul timed beside every measurement; medians of {rounds} "
-        f"rounds", flush=True)
+        f"head sizes), games {'/'.join(LEARNER_GAMES)}, game-blocked batches; MFU = model "
+        f"FLOPs / s over a {_MATMUL_SIZE}^2 float32 matmul timed beside every measurement; "
+        f"medians of {rounds} rounds", flush=True)
   print(f"  {'model':<46} {'batch':>5} {'steps/s':>8} {'trans/s':>8} {'GFLOP/step':>10} "
-        f"{'XLA/analytic':>12} {'GFLOP/s':>8} {'MFU':>6}", flush=True)
+        f"{'XLA count':>10} {'GFLOP/s':>8} {'MFU':>6}", flush=True)
   rows = [(label, overrides, batch, False) for label, overrides, batch in LEARNER_CASES]
   # The "before" row right after its "after" row, so that both see the same machine load.
   rows.insert(2, (BEFORE, dict(encoder="nature"), 256, True))
@@ -479,23 +482,23 @@ def learner_benchmark() -> None:
     with _flax_conv_nature_cnn() if flax_conv else contextlib.nullcontext():
       case = _update_case(_learner_config(overrides), batch, mesh)
     timing = _time_update(case, rounds)
-    results[label, batch] = dict(timing, flops=case["xla_flops"],
-                                 analytic=case["analytic_flops"])
+    results[label, batch] = timing
     rates.append(timing["matmul_rate"])
+    counted = case["xla_flops"] / case["analytic_flops"]
     print(f"  {label:<46} {batch:>5} {1 / timing['seconds']:>8.2f} "
-          f"{batch / timing['seconds']:>8,.0f} {case['xla_flops'] / 1e9:>10.2f} "
-          f"{case['xla_flops'] / case['analytic_flops']:>12.3f} "
-          f"{case['xla_flops'] / timing['seconds'] / 1e9:>8.1f} {timing['mfu']:>6.3f}", flush=True)
+          f"{batch / timing['seconds']:>8,.0f} {case['analytic_flops'] / 1e9:>10.2f} "
+          f"{f'{counted:.3f}x' if counted > 0.5 else 'n/a':>10} "
+          f"{case['analytic_flops'] / timing['seconds'] / 1e9:>8.1f} {timing['mfu']:>6.3f}",
+          flush=True)
     del case
   print(f"  (float32 matmul rate in this run: {np.median(rates) / 1e9:,.0f} GFLOP/s, median)")
   after, before = results["Nature-CNN", 256], results[BEFORE, 256]
-  # Steps per second relative to the matmul rate: the speed-up with load divided out.
-  speedup = (after["mfu"] / after["flops"]) / (before["mfu"] / before["flops"])
+  # MFU ratios: steps per second relative to each measurement's own matmul rate, so machine
+  # load (and the runtimes' own matmul speeds) divide out.
   report("MFU, Nature-CNN C51 + CQL, batch 256", 100 * after["mfu"], 100 * MFU_GOAL,
          "% of matmul",
-         note=f"({100 * after['mfu'] * after['analytic'] / after['flops']:.1f}% by the analytic "
-              f"count; the update is {speedup:.2f}x as fast as on flax.linen.Conv, whose MFU "
-              f"is {100 * before['mfu']:.1f}%)")
+         note=f"(the update is {after['mfu'] / before['mfu']:.2f}x as fast as on "
+              f"flax.linen.Conv, whose MFU is {100 * before['mfu']:.1f}%)")
   _demo_data_wait()
   _device_scaling(rounds)
 
@@ -648,23 +651,32 @@ _ONLINE_ENV_STEPS = flags.DEFINE_integer("online_env_steps", 6000,
                                          "Env-step budget of each timed online loop (replay).")
 
 
-def _online_run(backbone: str, workdir: str, samples_per_insert: float) -> dict:
-  """Runs `launch.finetune` (online_cpu) and reads its rates from its own logs, from the
-  first log line (the actors have the first parameters and the learner samples) to the last."""
+def _online_run(backbone: str, workdir: str, samples_per_insert: float,
+                *extra: str) -> dict:
+  """Runs `launch.finetune` (online_cpu) and reads its rates from its own logs: env steps/s
+  from the actors' progress lines (first to last line of any actor: they start once the first
+  parameters are published), learner updates/s from its log (first to last line)."""
   out = _run(["launch.finetune", "--config=configs/finetune.py:online_cpu",
               f"--backbone={backbone}", f"--workdir={workdir}",
               f"--config.online.env_steps={_ONLINE_ENV_STEPS.value}", "--config.log_every=25",
-              f"--config.online.samples_per_insert={samples_per_insert}"],
+              f"--config.online.samples_per_insert={samples_per_insert}", *extra],
              dict(os.environ, JAX_PLATFORMS="cpu"), "the online loop")
   with open(os.path.join(workdir, "online.jsonl")) as f:
     log = [json.loads(line) for line in f]
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     wait = float(np.median([json.loads(line)["data_wait_fraction"] for line in f]))
-  if len(log) < 2:
-    raise RuntimeError(f"the online loop logged {len(log)} lines:\n{out[-2000:]}")
-  seconds = log[-1]["time"] - log[0]["time"]
-  return dict(env=(log[-1]["env_steps"] - log[0]["env_steps"]) / seconds,
-              updates=(log[-1]["step"] - log[0]["step"]) / seconds, wait=wait)
+  actors = []
+  for path in sorted(glob.glob(os.path.join(workdir, "online", "launch_0", "actor_*.jsonl"))):
+    with open(path) as f:
+      actors.append([json.loads(line) for line in f if line.strip()])
+  if len(log) < 2 or not actors or min(len(a) for a in actors) < 2:
+    raise RuntimeError(f"the online loop logged too little:\n{out[-2000:]}")
+  start = min(a[0]["time"] for a in actors)
+  seconds = max(a[-1]["time"] for a in actors) - start
+  steps = sum(a[-1]["env_steps"] for a in actors)
+  return dict(env=steps / seconds,
+              updates=(log[-1]["step"] - log[0]["step"]) / (log[-1]["time"] - log[0]["time"]),
+              wait=wait)
 
 
 def _online_loop_rates() -> None:
@@ -686,7 +698,8 @@ def _online_loop_rates() -> None:
                           params=networks.init_params(model, jax.random.PRNGKey(0)),
                           games=demo.games, loss_kind="c51", step=0)
     paced = _online_run(backbone, os.path.join(tmp, "paced"), 8.0)
-    free = _online_run(backbone, os.path.join(tmp, "free"), 0.0)
+    # Without a limiter the learner does not wait for the actors: stop it after 400 updates.
+    free = _online_run(backbone, os.path.join(tmp, "free"), 0.0, "--config.num_steps=400")
   print(f"  online loop, {_ONLINE_ENV_STEPS.value:,} env steps per run, Freeway mode 1, "
         f"learner batch 32:")
   ratio = paced["updates"] * 32 / paced["env"]

@@ -7,7 +7,7 @@ import pytest
 
 import scaled_ql
 from conftest import load_config, run_module
-from scaled_ql import evaluation, games, learner, networks
+from scaled_ql import evaluation, export, games, learner, networks
 from scaled_ql.data.batch import Batch
 
 
@@ -138,3 +138,20 @@ def test_bad_input_fails_before_training(repo, pretrained, tmp_path):
   assert result.returncode != 0 and "unknown preset 'offline_nope'" in result.stderr
   for d in "abcd":
     assert not os.path.exists(tmp_path / d / "checkpoints")
+
+
+def test_artifact_of_another_architecture_is_refused_for_an_existing_run(repo, pretrained,
+                                                                          tmp_path):
+  result = _finetune(repo, pretrained, tmp_path / "run", steps=6)
+  assert result.returncode == 0, result.stderr[-3000:]
+  model_config = dict(encoder="nature", depth=101, width=1.0, spatial_features=4,
+                      feature_dim=48, num_atoms=51)
+  model = networks.build_q_network(model_config, 3)
+  export.write_artifact(str(tmp_path / "wide"), model_config=model_config,
+                        params=networks.init_params(model, jax.random.PRNGKey(3)),
+                        games=("pong", "breakout", "freeway"), loss_kind="c51", step=0)
+  other = dict(pretrained, artifact=str(tmp_path / "wide"))
+  result = _finetune(repo, other, tmp_path / "run", steps=12)
+  assert result.returncode != 0
+  assert "another architecture (model.feature_dim: checkpoint 32 vs config 48)" in result.stderr
+  assert evaluation.load(str(tmp_path / "run")).step == 6  # Nothing was trained or written.

@@ -59,7 +59,10 @@ def _alive(pid):
 
 def test_online_loop_runs_and_survives_losing_an_actor(repo, pretrained, tmp_path):
   workdir = str(tmp_path / "run")
-  process, log = _start(repo, _args(pretrained, workdir, "--config.online.env_steps=1600"),
+  # With 300 offline Freeway transitions seeded into their own table, a quarter of each batch.
+  process, log = _start(repo, _args(pretrained, workdir, "--config.online.env_steps=1600",
+                                    "--config.online.offline_transitions=300",
+                                    f"--config.data.data_dir={pretrained['data']}"),
                         tmp_path / "out.txt")
   try:
     # Actor 0 is acting (its transitions reach the server): kill it.
@@ -73,6 +76,7 @@ def test_online_loop_runs_and_survives_losing_an_actor(repo, pretrained, tmp_pat
       process.kill()
     log.close()
   out = (tmp_path / "out.txt").read_text()
+  assert "seeded the 'offline' table with 300 transitions" in out
   assert "actor 0 died (exit code -9); restarting it (restart 1 of 3)" in out
   assert re.search(r"online: 1,6\d\d env steps", out), out[-2000:]
   steps = int(re.search(r"done: step (\d+)", out).group(1))
