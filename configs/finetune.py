@@ -112,6 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       _cpu(c)
       c.online.game = "freeway"
       c.online.mode, c.online.difficulty = VARIANTS["freeway"]
+      c.data.runs = (1,)  # for online.offline_transitions from a small emulator dataset
       c.online.env_steps = 20_000  # [SQL]'s budget; ~10 Freeway episodes per emulator.
       c.online.num_actors = 2
       c.online.envs_per_actor = 2

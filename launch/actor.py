@@ -132,4 +132,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from launch import common  # pylint: disable=g-import-not-at-top
+  common.run(main)  # Library INFO logs hidden: the learner prints this log's tail on a crash.

@@ -73,6 +73,8 @@ def check_online_config(config) -> None:
   if o.offline_transitions and not config.data.data_dir:
     raise ValueError(f"config.online.offline_transitions={o.offline_transitions} needs "
                      f"config.data.data_dir (the dataset to seed the replay from).")
+  if o.offline_transitions:  # The seeding data must be there before anything starts.
+    data.find_sources(config.data.data_dir, o.game, runs=list(config.data.runs) or None)
   if o.keep_offline and o.offline_transitions and not 0.0 < o.offline_fraction < 1.0:
     raise ValueError(f"config.online.offline_fraction must lie in (0, 1) with keep_offline, got "
                      f"{o.offline_fraction}.")
@@ -99,20 +101,20 @@ def seed_offline(config, address: str) -> int:
   episodes = data.read_episodes(config.data.data_dir, o.game, runs=list(config.data.runs) or None)
 
   def budgeted():
-    total = 0
+    total = 0  # Transitions: an RLDS episode of T steps holds T - 1 (its last step is final).
     for episode in episodes:
       if total >= o.offline_transitions:
         return
       steps = len(episode["action"])
-      if total + steps > o.offline_transitions:  # The last episode, cut to the budget.
-        keep = o.offline_transitions - total
+      if total + steps - 1 > o.offline_transitions:  # The last episode, cut to the budget.
+        keep = o.offline_transitions - total + 1
         episode = {k: (v[:keep] if hasattr(v, "__len__") and len(v) == steps else v)
                    for k, v in episode.items()}
         episode["is_last"] = np.asarray(episode["is_last"]).copy()
         episode["is_last"][-1] = True  # A cut, not a terminal: it bootstraps.
         episode["is_terminal"] = np.asarray(episode["is_terminal"]).copy()
         episode["is_terminal"][-1] = False
-      total += len(episode["action"])
+      total += len(episode["action"]) - 1
       yield episode
 
   inserted = replay.insert_episodes(address, table, budgeted(), 0, n_step=config.loss.n_step,
