@@ -102,7 +102,7 @@ def aggregates_figure(evaluations: Sequence[results.Evaluation], path: str) -> O
   axes[0].set_yticks(y, labels)
   a = with_agg[0].aggregates
   fig.suptitle(f"Aggregate human-normalized scores, {a.confidence:.0%} stratified-bootstrap CIs "
-               f"(over {len(a.games)} games)", fontsize=11)
+               f"(over {len(a.games)} game{'s' if len(a.games) != 1 else ''})", fontsize=11)
   return _save(fig, path)
 
 
