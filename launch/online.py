@@ -15,7 +15,8 @@
   5. `num_actors` actor processes (launch/actor.py), each with its share of `env_steps`.
 
 The run ends when the actors have spent the env-step budget and the rate limiter allows no
-more samples (or at config.num_steps). An actor that dies is restarted (restart_actors, at most
+more samples (or at config.num_steps). Without a limiter (online.samples_per_insert=0) the
+learner never waits for the actors, so it trains to config.num_steps however fast they act. An actor that dies is restarted (restart_actors, at most
 MAX_RESTARTS times each) or left dead while the others go on; either is printed. When the
 replay server dies the run stops with a message naming it; the newest checkpoint stays, and
 rerunning the command resumes the learner with a new, empty replay (the env-step count is kept
