@@ -1,6 +1,7 @@
 """Pieces every launch script shares: config files, metric writers, progress bars."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -52,9 +53,10 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_config_overrides(argv: list[str], flag: str = "config") -> None:
   """Exits with a clear message for an unknown preset or `--config.a.b=` field, before absl
   parses the flags (whose own error for these is a bare KeyError)."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
-  if spec is None:
+  specs = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")]
+  if not specs:
     return
+  spec = specs[-1]  # absl: the last one given wins.
   path, _, preset = spec.partition(":")
   try:
     config = load_config(path, preset or None)
@@ -71,6 +73,17 @@ def check_config_overrides(argv: list[str], flag: str = "config") -> None:
         known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a group)"
         sys.exit(f"error: unknown config field {key!r} in {arg!r}; {where} has: {known}.")
       node = node[part]
+
+
+@contextlib.contextmanager
+def input_errors(*kinds: type):
+  """Bad input found at start-up (ValueError, FileNotFoundError, and `kinds`) ends the
+  program with one "error: ..." line instead of a traceback. Wrap checks only: a ValueError
+  from a bug deep in training should keep its traceback."""
+  try:
+    yield
+  except (ValueError, FileNotFoundError, *kinds) as e:
+    sys.exit(f"error: {e}")
 
 
 def define_distributed_flags() -> dict:

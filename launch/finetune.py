@@ -20,7 +20,6 @@ launch/online.py.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 import numpy as np
@@ -93,10 +92,8 @@ def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   if config is None or not workdir:
     raise app.UsageError("--config=configs/finetune.py:PRESET and --workdir are required.")
-  try:
+  with common.input_errors():
     initial, meta = prepare(config, _BACKBONE.value or config.finetune.backbone)
-  except export.ArtifactError as e:
-    sys.exit(f"error: {e}")
   print(describe(config, meta), flush=True)
   if config.finetune.mode == "online":
     from launch import online  # pylint: disable=g-import-not-at-top  (Reverb only when used)

@@ -314,7 +314,8 @@ class OnlineBatches:
 
 def train_online(config, workdir: str, *, initial_params=None, meta_extra=None) -> None:
   """Online fine-tuning of `config` in `workdir` (see the module docstring)."""
-  check_online_config(config)
+  with common.input_errors(replay.ReplayError):
+    check_online_config(config)
   o = config.online
   server = None
   if o.replay_address:

@@ -109,6 +109,8 @@ def evaluate_periodically(config, model, params, names, step: int, workdir: str,
 def offline_batches(config, names, host: int, hosts: int, counts):
   """The offline data of `config.data`: this host's share of every game, game-blocked batches,
   prefetched. Returns a Prefetcher (state_dict / load_state_dict / close) and its block size."""
+  for game in names:  # A missing or empty dataset fails here, not in the prefetch thread.
+    data.find_sources(config.data.data_dir, game, runs=list(config.data.runs) or None)
   sampler = data.MultiGameSampler(
       make_sources(config, host, hosts), names, config.batch_size // hosts,
       config.data.pool_frames_per_game, n_step=config.loss.n_step, gamma=config.loss.gamma,
@@ -135,34 +137,36 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
   result finishes the run at that step (online fine-tuning publishes parameters to the actors
   and watches them there).
   """
-  # -- Start-up and checks: everything that can be wrong fails here, before long work. -------
-  game_list = games.get_games(config.games)
-  names = tuple(g.name for g in game_list)
-  losses.check_loss_config(config.loss.kind, config.model.num_atoms, config.loss.cql_alpha,
-                           config.loss.n_step, config.loss.gamma)
-  check_eval_config(config)  # Periodic evaluation (issue 5).
-  model = networks.build_q_network(config.model, len(names))
-  if make_batches is offline_batches and not config.data.data_dir:
-    raise ValueError("config.data.data_dir is empty: point it at a dataset directory "
-                     "(`python -m launch.make_dataset ...` makes one).")
-  host, hosts = jax.process_index(), jax.process_count()
-  mesh = parallel.make_mesh(config.parallel.model_axis_size)
-  parallel.check_batch_divides(config.batch_size, mesh, hosts, len(names))
-  counts = parallel.split_counts(config.batch_size // hosts, len(names),
-                                 list(config.data.game_weights))
-  os.makedirs(workdir, exist_ok=True)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                  save_interval_steps=config.checkpoint_every,
-                                  max_to_keep=config.keep_checkpoints)
-  meta = dict(run_meta(config), **(meta_extra or {}))
-  if ckpt.all_steps():
-    check_resume_compatible(ckpt.read_meta(ckpt.all_steps()[-1]), meta, workdir)
-  if host == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(common.flatten(config.to_dict()), f, indent=1)
+  # -- Start-up and checks: everything that can be wrong fails here, before long work, as one
+  # "error: ..." line (common.input_errors). --------------------------------------------------
+  with common.input_errors():
+    game_list = games.get_games(config.games)
+    names = tuple(g.name for g in game_list)
+    losses.check_loss_config(config.loss.kind, config.model.num_atoms, config.loss.cql_alpha,
+                             config.loss.n_step, config.loss.gamma)
+    check_eval_config(config)  # Periodic evaluation (issue 5).
+    model = networks.build_q_network(config.model, len(names))
+    if make_batches is offline_batches and not config.data.data_dir:
+      raise ValueError("config.data.data_dir is empty: point it at a dataset directory "
+                       "(`python -m launch.make_dataset ...` makes one).")
+    host, hosts = jax.process_index(), jax.process_count()
+    mesh = parallel.make_mesh(config.parallel.model_axis_size)
+    parallel.check_batch_divides(config.batch_size, mesh, hosts, len(names))
+    counts = parallel.split_counts(config.batch_size // hosts, len(names),
+                                   list(config.data.game_weights))
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    save_interval_steps=config.checkpoint_every,
+                                    max_to_keep=config.keep_checkpoints)
+    meta = dict(run_meta(config), **(meta_extra or {}))
+    if ckpt.all_steps():
+      check_resume_compatible(ckpt.read_meta(ckpt.all_steps()[-1]), meta, workdir)
+    if host == 0:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(common.flatten(config.to_dict()), f, indent=1)
 
-  # -- Data. ----------------------------------------------------------------------------------
-  batches, block_size = make_batches(config, names, host, hosts, counts)
+    # -- Data. ----------------------------------------------------------------------------------
+    batches, block_size = make_batches(config, names, host, hosts, counts)
 
   # -- Model, optimizer, train state: restored (any device count) or initialised. ----------
   optimizer = learner.make_optimizer(config.optimizer, heads_only=heads_only)

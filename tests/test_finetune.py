@@ -130,6 +130,7 @@ def test_bad_input_fails_before_training(repo, pretrained, tmp_path):
   assert result.returncode != 0 and "no backbone" in result.stderr
   result = _finetune(repo, pretrained, tmp_path / "b", "--config.finetune.init=warm")
   assert result.returncode != 0 and "config.finetune.init='warm'" in result.stderr
+  assert "Traceback" not in result.stderr
   result = run_module(repo, "launch.finetune", "--config=configs/finetune.py:offline_cpu",
                       f"--backbone={pretrained['workdir']}", f"--workdir={tmp_path / 'c'}")
   assert result.returncode != 0 and "export it first" in result.stderr

@@ -141,6 +141,7 @@ def test_bad_input_fails_before_training(repo, dataset, tmp_path):
   for extra, message in cases:
     result = _run(repo, _cmd(tmp_path / "w", dataset) + extra)
     assert result.returncode != 0 and message in result.stdout + result.stderr, (extra, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]  # One clear line.
     assert not (tmp_path / "w" / "checkpoints").exists() or not os.listdir(tmp_path / "w" / "checkpoints")
   empty = tmp_path / "empty"
   empty.mkdir()
@@ -152,3 +153,4 @@ def test_bad_input_fails_before_training(repo, dataset, tmp_path):
   other = _run(repo, _cmd(tmp_path / "w3", dataset) + ["--config.model.feature_dim=48"])
   assert other.returncode != 0
   assert "another architecture (model.feature_dim: checkpoint 32 vs config 48)" in other.stderr
+  assert other.stderr.strip().splitlines()[-1].startswith("error: ")
