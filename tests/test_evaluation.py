@@ -125,8 +125,9 @@ def test_greedy_policy_is_legal_for_every_game_in_one_batch():
 
 @pytest.mark.parametrize("heads, batch", [(GAMES, 12), (GAMES + ("qbert", "seaquest"), 3)])
 def test_policy_takes_each_examples_own_head_as_the_network_does(heads, batch):
-  # The policy applies only each example's head (one-hot over the heads when there are at most
-  # as many heads as examples, gathered kernels otherwise); the network applies all of them.
+  # The policy uses the head's block_size=1 path, which applies only each example's head
+  # (one-hot over the heads when there are at most as many heads as examples, gathered kernels
+  # otherwise): it must equal applying every head and picking the example's own.
   model = networks.build_q_network(dict(encoder="nature", spatial_features=2, feature_dim=8,
                                         num_atoms=51), len(heads))
   params = networks.init_params(model, jax.random.PRNGKey(1))
@@ -135,8 +136,10 @@ def test_policy_takes_each_examples_own_head_as_the_network_does(heads, batch):
   game_id = rng.integers(0, len(heads), batch).astype(np.int32)
   logits = model.apply({"params": params}, obs, jnp.asarray(game_id), 1).logits
   features = model.apply({"params": params}, obs, method="features")
-  got = policy_lib.head_logits(params["head"], features, jnp.asarray(game_id))
-  np.testing.assert_allclose(got.reshape(logits.shape), logits, rtol=1e-5, atol=1e-5)
+  every_head = (jnp.einsum("bd,gdk->bgk", features, params["head"]["kernel"])
+                + params["head"]["bias"][None])
+  expected = every_head[jnp.arange(batch), jnp.asarray(game_id)]
+  np.testing.assert_allclose(logits.reshape(batch, -1), expected, rtol=1e-5, atol=1e-5)
   greedy = evaluation.make_greedy_policy(model, params, loss_kind="c51", head_games=heads,
                                          games=heads)
   q = np.asarray(evaluation.action_values("c51", logits, losses.make_support(-10.0, 10.0, 51)))

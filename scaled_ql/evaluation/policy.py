@@ -2,8 +2,8 @@
 
 A greedy policy maps stacked observations [B, 84, 84, 4] uint8 and game indices [B] int32 (into
 the evaluated game list) to minimal-set action indices [B]. The network's backbone is applied to
-the whole batch and each example takes its own game's head (`head_logits`), so any mix of games
-is one batch and one compilation; the game indices are data.
+the whole batch and each example takes its own game's head (the head's block_size=1 path), so
+any mix of games is one batch and one compilation; the game indices are data.
 The action maximises, over the game's legal action slots only,
   - C51 ("c51"): the mean of the return distribution, Q(s, a) = sum_i softmax(logits)_i z_i;
   - MSE TD ("mse"): the scalar Q(s, a) the network outputs;
@@ -22,8 +22,6 @@ import numpy as np
 
 from scaled_ql import games as games_lib
 from scaled_ql import losses
-from scaled_ql.games import MAX_ACTIONS
-from scaled_ql.networks import HEAD
 
 # greedy(observation [B, 84, 84, 4] uint8, game_index [B] int32) -> actions [B] int.
 GreedyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -59,36 +57,11 @@ def _compiled_greedy(model, loss_kind: str, heads: tuple[int, ...], games: tuple
 
   @jax.jit
   def greedy(params, observation, game_index):
-    features = model.apply({"params": params}, observation, method="features")
-    logits = head_logits(params[HEAD], features, heads[game_index])
-    q = action_values(loss_kind, logits.reshape(-1, MAX_ACTIONS, model.num_atoms), support)
+    logits = model.apply({"params": params}, observation, heads[game_index], 1).logits
+    q = action_values(loss_kind, logits, support)
     return jax.vmap(losses.masked_argmax)(q, legal[game_index])
 
   return greedy
-
-
-def head_logits(head, features, game_id):
-  """Each example's own game head: features [B, D], game_id [B] -> [B, A * K] float32.
-
-  The function of the network's `MultiGameHead` with block_size=1, which computes every head for
-  every example into [B, G, A * K] and then keeps one (at B = G = 8 with the benchmark's sizes,
-  ~410 us on this project's 2-core CPU). Here, with at most as many heads as examples, the
-  features are spread one-hot over the heads and multiplied with all kernels as one plain matmul
-  ([B, G * D] x [G * D, A * K]: the same multiply-adds, ~170 us); with more heads than examples
-  (40 games, a small batch), each example's kernel is gathered (B * D * A * K multiply-adds).
-  The same products are summed (plus exact zeros), possibly in another order: the logits agree
-  to float32 rounding.
-  """
-  kernel, bias = head["kernel"], head["bias"]
-  num_games, dim, out = kernel.shape
-  batch = features.shape[0]
-  if num_games <= batch:
-    one_hot = jax.nn.one_hot(game_id, num_games, dtype=features.dtype)
-    spread = features[:, None, :] * one_hot[:, :, None]
-    y = spread.reshape(batch, num_games * dim) @ kernel.reshape(num_games * dim, out)
-  else:
-    y = jnp.einsum("bd,bdk->bk", features, kernel[game_id])
-  return y + bias[game_id]
 
 
 def make_greedy_policy(model, params: Any, *, loss_kind: str, head_games: Sequence[str],

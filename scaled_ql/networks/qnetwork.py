@@ -66,9 +66,9 @@ class MultiGameHead(nn.Module):
 
   `block_size` says how the batch is laid out: consecutive blocks of `block_size` examples share
   one game, so each block is one matmul with its game's kernel. The pre-training sampler blocks
-  batches by game; with block_size=1 any mix of games works (all heads are applied and each
-  example keeps its own game's output), which also serves per-game counts that differ by one
-  (batch 512 over 40 games).
+  batches by game; with block_size=1 any mix of games works (each example through its own
+  game's head), which also serves per-game counts that differ by one (batch 512 over 40 games)
+  and the evaluation policy's batches of mixed games.
   """
   num_games: int
   num_atoms: int
@@ -91,12 +91,20 @@ class MultiGameHead(nn.Module):
       if bool(jnp.any((game_id < 0) | (game_id >= self.num_games))):
         raise ValueError(f"game_id must lie in [0, {self.num_games}) (the head has "
                          f"{self.num_games} games), got values {jnp.unique(game_id).tolist()}.")
-    if block_size == 1:
-      # Any mix of games: every example through every head, then its own game's output picked.
-      # Costs G x D x (A K) multiply-adds per example (about 2% of a ResNet-34's forward pass
-      # with 40 games) and never materialises a per-example copy of the kernel.
-      y = jnp.einsum("bd,gdk->bgk", features, kernel) + bias[None]
-      y = jnp.take_along_axis(y, game_id[:, None, None], axis=1)[:, 0]
+    if block_size == 1 and self.num_games <= batch:
+      # Any mix of games, at most as many heads as examples: the features spread one-hot over
+      # the heads, times all kernels as one plain matmul [B, G * D] x [G * D, A * K]. The
+      # multiply-adds of applying every head to every example (about 2% of a ResNet-34's
+      # forward pass with 40 games), but as one matmul (~2.4x faster on CPU than a batched
+      # einsum and a pick), and no per-example copy of the kernel.
+      one_hot = jax.nn.one_hot(game_id, self.num_games, dtype=features.dtype)
+      spread = features[:, None, :] * one_hot[:, :, None]
+      y = spread.reshape(batch, self.num_games * dim) @ kernel.reshape(self.num_games * dim, out)
+      y = y + bias[game_id]
+    elif block_size == 1:
+      # More heads than examples (40 games, a small evaluation batch): each example's own
+      # kernel, gathered (B x D x A K multiply-adds).
+      y = jnp.einsum("bd,bdk->bk", features, kernel[game_id]) + bias[game_id]
     else:
       block_game = blocks[:, 0]
       x = features.reshape(batch // block_size, block_size, dim)
