@@ -15,14 +15,35 @@ used, with a warning that says so.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, NamedTuple, Optional
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+
+def stored_tree(directory: str):
+  """The shapes and dtypes of the PyTree checkpoint in `directory` (an item directory, e.g. a
+  step's `state/`), read from its metadata without reading any array."""
+  metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(directory))
+  return getattr(metadata, "tree", metadata)  # A dict, or a tree-metadata object around one.
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+  """Orbax's notes (read-only managers, its transforms API, restoring without shardings) are
+  not for users: absl logging at ERROR inside the block."""
+  previous = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(previous)
 
 
 class Restored(NamedTuple):

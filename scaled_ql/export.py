@@ -23,12 +23,11 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Optional, Sequence
 
-from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
+from scaled_ql import checkpoints
 from scaled_ql import games as games_lib
 from scaled_ql import networks
 
@@ -166,11 +165,7 @@ def read_info(path: str) -> dict:
   return info
 
 
-def _stored_shapes(params_dir: str):
-  metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(params_dir))
-  return getattr(metadata, "tree", metadata)
-
-
+@checkpoints.quiet_orbax()  # Orbax's notes on restoring without shardings.
 def load_backbone(path: str, *, with_heads: bool = False) -> LoadedBackbone:
   """Reads and checks the artifact at `path` (see the module docstring).
 
@@ -186,34 +181,29 @@ def load_backbone(path: str, *, with_heads: bool = False) -> LoadedBackbone:
   q_network = networks.build_q_network(dict(info["architecture"], num_atoms=info["num_atoms"]),
                                        len(info["games"]))
   expected_backbone, expected_heads = networks.split_params(networks.param_shapes(q_network))
-  previous = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # Orbax's notes on restoring without shardings.
+  if not os.path.isdir(params_dir):
+    raise ArtifactError(f"{path}: the parameters ({PARAMS_DIR}/) are missing.")
   try:
-    if not os.path.isdir(params_dir):
-      raise ArtifactError(f"{path}: the parameters ({PARAMS_DIR}/) are missing.")
-    try:
-      stored = _stored_shapes(params_dir)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ArtifactError(f"{params_dir}: unreadable parameter metadata ({type(e).__name__}: "
-                          f"{str(e)[:200]}).") from e
-    expected = {"backbone": expected_backbone}
-    if info["has_heads"]:
-      expected["heads"] = expected_heads
-    try:
-      networks.check_param_shapes(expected, stored, source=params_dir)
-    except ValueError as e:
-      raise ArtifactError(f"{e} ({INFO_FILE} describes {info['architecture']}).") from e
-    if with_heads and not info["has_heads"]:
-      raise ArtifactError(f"{path} was exported without heads (launch.export --noheads).")
-    try:
-      with ocp.PyTreeCheckpointer() as checkpointer:
-        tree = checkpointer.restore(params_dir, item=_host(jax.tree_util.tree_map(
-            lambda s: np.zeros(s.shape, s.dtype), expected)))
-    except Exception as e:  # pylint: disable=broad-except
-      raise ArtifactError(f"{params_dir}: cannot read the parameters ({type(e).__name__}: "
-                          f"{str(e)[:200]}).") from e
-  finally:
-    logging.set_verbosity(previous)
+    stored = checkpoints.stored_tree(params_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ArtifactError(f"{params_dir}: unreadable parameter metadata ({type(e).__name__}: "
+                        f"{str(e)[:200]}).") from e
+  expected = {"backbone": expected_backbone}
+  if info["has_heads"]:
+    expected["heads"] = expected_heads
+  try:
+    networks.check_param_shapes(expected, stored, source=params_dir)
+  except ValueError as e:
+    raise ArtifactError(f"{e} ({INFO_FILE} describes {info['architecture']}).") from e
+  if with_heads and not info["has_heads"]:
+    raise ArtifactError(f"{path} was exported without heads (launch.export --noheads).")
+  try:
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      tree = checkpointer.restore(params_dir, item=jax.tree_util.tree_map(
+          lambda s: np.zeros(s.shape, s.dtype), expected))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ArtifactError(f"{params_dir}: cannot read the parameters ({type(e).__name__}: "
+                        f"{str(e)[:200]}).") from e
   tree = _host(tree)
   if params_digest(tree) != info["sha256"]:
     raise ArtifactError(f"{params_dir}: the parameters do not match the SHA-256 in {INFO_FILE} "

@@ -13,13 +13,11 @@ import os
 import re
 from typing import Any, NamedTuple, Optional
 
-from absl import logging
 import jax
-from etils import epath
 import orbax.checkpoint as ocp
 
 from scaled_ql import games as games_lib
-from scaled_ql import losses, networks
+from scaled_ql import checkpoints, losses, networks
 
 _STEP_DIR = re.compile(r"^\d+$")
 DEFAULT_V_RANGE = (-10.0, 10.0)  # configs/pretrain.py's C51 support; see `EvalCheckpoint`.
@@ -74,20 +72,7 @@ def _manager(checkpoint_dir: str) -> ocp.CheckpointManager:
                                item_names=("state", "sampler", "meta"))
 
 
-def _stored_params(state_dir: str):
-  """The stored parameter tree's shapes and dtypes, read from the state item's metadata."""
-  metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
-  tree = getattr(metadata, "tree", metadata)  # A dict, or a tree-metadata object around one.
-  return tree["params"] if "params" in tree else None
-
-
-def _quiet():
-  """Orbax logs warnings about read-only managers and its transforms API: not for users."""
-  previous = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
-  return previous
-
-
+@checkpoints.quiet_orbax()
 def load(path: str) -> EvalCheckpoint:
   """Restores the newest (or the named) checkpoint under `path`; see `resolve` for paths.
 
@@ -96,7 +81,6 @@ def load(path: str) -> EvalCheckpoint:
   shapes disagree with the metadata (another game set or action layout than it claims).
   """
   checkpoint_dir, step, workdir = resolve(path)
-  previous = _quiet()
   manager = None
   try:
     manager = _manager(checkpoint_dir)
@@ -126,7 +110,8 @@ def load(path: str) -> EvalCheckpoint:
                             f"{e}") from e
     expected = networks.param_shapes(model)
     try:
-      stored = _stored_params(os.path.join(where, "state"))
+      tree = checkpoints.stored_tree(os.path.join(where, "state"))
+      stored = tree["params"] if "params" in tree else None
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"{where}: cannot read the train state's metadata "
                             f"({type(e).__name__}: {str(e)[:200]}).") from e
@@ -154,7 +139,6 @@ def load(path: str) -> EvalCheckpoint:
   finally:
     if manager is not None:
       manager.close()
-    logging.set_verbosity(previous)
   config = {}
   if workdir and os.path.exists(os.path.join(workdir, "config.json")):
     with open(os.path.join(workdir, "config.json")) as f:
