@@ -33,10 +33,10 @@ def check_resume_compatible(saved: dict, current: dict, workdir: str) -> None:
   diffs = [f"model.{k}: checkpoint {saved.get('model', {}).get(k)!r} vs config {v!r}"
            for k, v in current["model"].items() if saved.get("model", {}).get(k) != v
            and k != "dtype"]
-  if diffs or saved.get("loss_kind") != current["loss_kind"]:
-    diffs += ([f"loss.kind: checkpoint {saved.get('loss_kind')!r} vs config "
-               f"{current['loss_kind']!r}"] if saved.get("loss_kind") != current["loss_kind"]
-              else [])
+  if saved.get("loss_kind") != current["loss_kind"]:
+    diffs.append(f"loss.kind: checkpoint {saved.get('loss_kind')!r} vs config "
+                 f"{current['loss_kind']!r}")
+  if diffs:
     raise ValueError(f"{workdir} holds a checkpoint of another architecture ("
                      + "; ".join(diffs) + "). Use another --workdir.")
   for key in sorted(set(current) - {"games", "model", "loss_kind"}):  # e.g. "finetune"
@@ -133,9 +133,8 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
   host, hosts, counts) -> (batches, block_size): an iterator of host-local Batches with
   state_dict / load_state_dict / close (default: the offline sampler); when it ends
   (StopIteration) the run stops there, with a checkpoint. on_start(step, state) is called once
-  the state is restored or initialised; on_step(step, state) after every update, and a true
-  result finishes the run at that step (online fine-tuning publishes parameters to the actors
-  and watches them there).
+  the state is restored or initialised, on_step(step, state) after every update (online
+  fine-tuning publishes parameters to the actors there).
   """
   # -- Start-up and checks: everything that can be wrong fails here, before long work, as one
   # "error: ..." line (common.input_errors). --------------------------------------------------
@@ -205,6 +204,11 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
           + f". Stopping; the newest checkpoint in {ckpt.directory} holds finite parameters.")
     return values
 
+  def save(step, state, metrics, force: bool) -> None:
+    check(metrics, step)  # Never a checkpoint of non-finite parameters.
+    host_states = parallel.allgather_json(batches.state_dict())
+    ckpt.save(step, state, {"hosts": host_states}, meta, force=force)
+
   step, saved, metrics = start, start, None
   try:
     while step < config.num_steps:
@@ -224,8 +228,9 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
       pending = (metrics, step)
       bar.update()
       window_steps += 1
-      finish = bool(on_step(step, state)) if on_step is not None else False
-      last = finish or step == config.num_steps
+      if on_step is not None:
+        on_step(step, state)
+      last = step == config.num_steps
       if step % config.log_every == 0 or last:
         values = check(metrics, step)
         elapsed = time.time() - window_start
@@ -236,9 +241,7 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
             f.write(json.dumps(dict(step=step, **values)) + "\n")
         wait, window_start, window_steps = 0.0, time.time(), 0
       if step % config.checkpoint_every == 0 or last:
-        check(metrics, step)
-        host_states = parallel.allgather_json(batches.state_dict())
-        ckpt.save(step, state, {"hosts": host_states}, meta, force=last)
+        save(step, state, metrics, force=last)
         saved = step
       # >>> periodic evaluation (issue 5) >>>
       if config.eval_every and (step % config.eval_every == 0 or last):
@@ -248,12 +251,8 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
           bar.write(summary)
         window_start += time.time() - t  # Evaluation time is not training time (steps/s).
       # <<< periodic evaluation (issue 5) <<<
-      if finish:
-        break
     if saved != step:  # Stopped by the data: keep the last step's parameters.
-      check(metrics, step)
-      ckpt.save(step, state, {"hosts": parallel.allgather_json(batches.state_dict())}, meta,
-                force=True)
+      save(step, state, metrics, force=True)
   finally:
     bar.close()
     batches.close()
