@@ -59,8 +59,9 @@ def run_actor(spec: dict, actor_id: int, progress_file: str) -> None:
   from scaled_ql import envs, evaluation, games, networks, replay  # pylint: disable=g-import-not-at-top
 
   budget = int(spec["budgets"][actor_id])
-  done = int(read_progress(progress_file).get("env_steps", 0))
-  restarts = int(read_progress(progress_file).get("restarts", -1)) + 1
+  previous = read_progress(progress_file)  # A restarted actor goes on from its last line.
+  done = int(previous.get("env_steps", 0))
+  restarts = int(previous.get("restarts", -1)) + 1
   if done >= budget:
     return
   model = networks.build_q_network(spec["model"], 1)

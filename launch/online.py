@@ -16,8 +16,9 @@
 
 The run ends when the actors have spent the env-step budget and the rate limiter allows no
 more samples (or at config.num_steps). Without a limiter (online.samples_per_insert=0) the
-learner never waits for the actors, so it trains to config.num_steps however fast they act. An actor that dies is restarted (restart_actors, at most
-MAX_RESTARTS times each) or left dead while the others go on; either is printed. When the
+learner never waits for the actors, so it trains to config.num_steps however fast they act.
+An actor that dies is restarted (restart_actors, at most MAX_RESTARTS times each) or left
+dead while the others go on; either is printed. When the
 replay server dies the run stops with a message naming it; the newest checkpoint stays, and
 rerunning the command resumes the learner with a new, empty replay (the env-step count is kept
 in the checkpoint; replay contents are not). Nothing waits forever: every wait for the server or
@@ -138,10 +139,9 @@ class Actors:
     self.dir = os.path.join(workdir, "online", f"launch_{launch}")
     os.makedirs(self.dir)
     self.spec_path = os.path.join(self.dir, "spec.json")
-    model = {k: v for k, v in config.model.to_dict().items()}
-    spec = dict(address=address, game=o.game, mode=None if o.mode == -1 else o.mode,
-                difficulty=None if o.difficulty == -1 else o.difficulty, model=model,
-                loss_kind=config.loss.kind, v_min=config.loss.v_min, v_max=config.loss.v_max,
+    spec = dict(address=address, game=o.game, **training.game_variant(config),
+                model=config.model.to_dict(), loss_kind=config.loss.kind,
+                v_min=config.loss.v_min, v_max=config.loss.v_max,
                 n_step=config.loss.n_step, gamma=config.loss.gamma, epsilon=o.epsilon,
                 epsilon_decay_steps=o.epsilon_decay_steps, envs_per_actor=o.envs_per_actor,
                 budgets=budgets, env_steps_base=env_steps_done, seed=config.seed + launch,
@@ -152,8 +152,12 @@ class Actors:
     self.processes: list[Optional[subprocess.Popen]] = [None] * o.num_actors
     self.restarts = [0] * o.num_actors
     self.dead: set[int] = set()
-    self.returns: list[float] = []
-    self._read = [0] * o.num_actors  # Progress lines consumed per actor.
+    self.returns: list[float] = []  # Every episode return reported, in order of reading.
+    # What has been read of each actor's progress log: the bytes, the newest line, and the
+    # episode returns not yet handed out by new_returns().
+    self._offsets = [0] * o.num_actors
+    self._last: list[dict] = [{} for _ in range(o.num_actors)]
+    self._unreported: list[float] = []
 
   def _start(self, i: int) -> None:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
@@ -171,7 +175,23 @@ class Actors:
         self._start(i)
 
   def progress(self, i: int) -> dict:
-    return actor_lib.read_progress(actor_lib.progress_path(self.spec_path, i))
+    """Actor i's newest progress line ({} before its first), reading only what is new."""
+    try:
+      with open(actor_lib.progress_path(self.spec_path, i), "rb") as f:
+        f.seek(self._offsets[i])
+        chunk = f.read()
+    except FileNotFoundError:
+      return self._last[i]
+    complete = chunk.rfind(b"\n") + 1  # A line still being written waits for the next read.
+    for line in chunk[:complete].splitlines():
+      try:
+        record = json.loads(line)
+      except ValueError:  # Empty, or cut by a kill (the restarted actor wrote on after it).
+        continue
+      self._last[i] = record
+      self._unreported += record.get("returns", [])
+    self._offsets[i] += complete
+    return self._last[i]
 
   def env_steps(self) -> int:
     """The run's env steps: before this launch plus this launch's actors'."""
@@ -180,19 +200,9 @@ class Actors:
 
   def new_returns(self) -> list[float]:
     """Episode returns reported since the last call."""
-    out = []
     for i in range(len(self.processes)):
-      path = actor_lib.progress_path(self.spec_path, i)
-      if not os.path.exists(path):
-        continue
-      with open(path) as f:
-        lines = f.readlines()
-      for line in lines[self._read[i]:]:
-        try:
-          out += json.loads(line).get("returns", [])
-        except ValueError:
-          break
-      self._read[i] = len(lines)
+      self.progress(i)
+    out, self._unreported = self._unreported, []
     self.returns += out
     return out
 
@@ -332,8 +342,9 @@ def train_online(config, workdir: str, *, initial_params=None, meta_extra=None) 
     replay.publish_params(address, state.params, step)
     seed_offline(config, address)
     online.start()
-    print(f"{o.num_actors} actors on {o.game} (mode {o.mode if o.mode != -1 else 'default'}, "
-          f"difficulty {o.difficulty if o.difficulty != -1 else 'default'}), "
+    variant = {k: "default" if v is None else v for k, v in training.game_variant(config).items()}
+    print(f"{o.num_actors} actors on {o.game} (mode {variant['mode']}, "
+          f"difficulty {variant['difficulty']}), "
           f"{o.envs_per_actor} emulators each; env steps {online.env_steps_done:,} -> "
           f"{o.env_steps:,}; logs in {online.actors.dir}", flush=True)
 
@@ -349,7 +360,6 @@ def train_online(config, workdir: str, *, initial_params=None, meta_extra=None) 
                   mean_return_last_20=float(np.mean(recent)) if recent else None)
       with open(os.path.join(workdir, "online.jsonl"), "a") as f:
         f.write(json.dumps(dict(line, returns=returns)) + "\n")
-    return False
 
   try:
     training.train(config, workdir, what="online fine-tuning", initial_params=initial_params,
