@@ -120,8 +120,9 @@ def check_param_shapes(expected, actual, source: str = "parameters") -> None:
 
 
 __all__ = [
-    "BACKBONE_FIELDS", "HEAD", "Backbone", "build_backbone", "split_params", "DTYPES", "ENCODERS", "RESNET_LAYOUTS", "OBSERVATION_SHAPE", "ImpalaCNN", "MultiGameHead",
-    "MultiGameQNetwork", "NatureCNN", "QNetworkOutput", "ResNet", "SpatialEmbedding",
-    "build_q_network", "check_observation", "check_param_shapes", "count_params",
-    "dummy_inputs", "init_params", "param_shapes",
+    "BACKBONE_FIELDS", "DTYPES", "ENCODERS", "HEAD", "OBSERVATION_SHAPE", "RESNET_LAYOUTS",
+    "Backbone", "ImpalaCNN", "MultiGameHead", "MultiGameQNetwork", "NatureCNN",
+    "QNetworkOutput", "ResNet", "SpatialEmbedding", "build_backbone", "build_q_network",
+    "check_observation", "check_param_shapes", "count_params", "dummy_inputs", "init_params",
+    "param_shapes", "split_params",
 ]
