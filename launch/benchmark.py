@@ -582,12 +582,13 @@ _REPLAY_BATCHES = flags.DEFINE_integer("replay_batches", 20,
 
 
 def _replay_stacks(frames: np.ndarray, count: int):
-  """`count` consecutive 4-frame stacks cycling through `frames` [T, 84, 84]."""
-  stack = np.zeros((84, 84, 4), np.uint8)
-  for t in range(count):
-    stack[..., :-1] = stack[..., 1:]
-    stack[..., -1] = frames[t % len(frames)]
-    yield stack.copy()
+  """`count` consecutive 4-frame stacks (envs.FrameStacker) cycling through `frames`."""
+  from scaled_ql import envs  # pylint: disable=g-import-not-at-top
+
+  stacker = envs.FrameStacker()
+  yield stacker.reset(frames[0])
+  for t in range(1, count):
+    yield stacker.push(frames[t % len(frames)])
 
 
 def replay_benchmark() -> None:
