@@ -18,7 +18,6 @@ rollouts -> baselines -> tables and files.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import flags
 
@@ -129,10 +128,8 @@ def check_inputs() -> tuple[evaluation.EvalCheckpoint, tuple[str, ...], dict, di
 def main(argv):
   del argv
   # -- Checks. ---------------------------------------------------------------------------
-  try:
+  with common.input_errors():  # InputError is a ValueError.
     checkpoint, games, behaviour, variant = check_inputs()
-  except InputError as e:
-    sys.exit(f"error: {e}")
   out = _OUT.value or os.path.join(checkpoint.workdir or os.path.dirname(
       checkpoint.checkpoint_dir), "eval")
   max_steps = _MAX_STEPS.value or None

@@ -12,12 +12,11 @@ from it with `python -m launch.finetune --backbone=OUT`.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
 from launch import common
-from scaled_ql import evaluation, export
+from scaled_ql import evaluation, export, networks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pre-training workdir, its checkpoints/ "
                                "directory, or one step directory.")
@@ -30,27 +29,21 @@ def main(argv):
   del argv
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required (a pre-training workdir or checkpoint).")
-  try:
+  with common.input_errors():  # evaluation.CheckpointError is a ValueError.
     ckpt = evaluation.load(_WORKDIR.value)
-  except evaluation.CheckpointError as e:
-    sys.exit(f"error: {e}")
   out = _OUT.value or os.path.join(ckpt.workdir or os.path.dirname(ckpt.checkpoint_dir),
                                    "backbone")
   config = ckpt.config
   dataset = {k[len("data."):]: v for k, v in config.items() if k.startswith("data.") and k in (
       "data.data_dir", "data.runs", "data.checkpoint_range")}
-  model_config = {k: getattr(ckpt.model, k) for k in ("encoder", "depth", "width",
-                                                      "spatial_features", "feature_dim",
-                                                      "num_atoms")}
+  model_config = {k: getattr(ckpt.model, k) for k in (*networks.BACKBONE_FIELDS, "num_atoms")}
   model_config["dtype"] = config.get("model.dtype", "float32")
-  try:
+  with common.input_errors(FileExistsError):
     export.write_artifact(
         out, model_config=model_config, params=ckpt.params, games=ckpt.games,
         loss_kind=ckpt.loss_kind, step=ckpt.step, include_heads=_HEADS.value, dataset=dataset,
         source=os.path.join(ckpt.checkpoint_dir, str(ckpt.step)),
         v_range=(ckpt.v_min, ckpt.v_max), overwrite=_OVERWRITE.value)
-  except FileExistsError as e:
-    sys.exit(f"error: {e}")
   info = export.read_info(out)
   print(f"exported step {info['step']} of {info['source']}\n  -> {out}\n"
         f"  backbone: {info['architecture']['encoder']} "

@@ -32,12 +32,10 @@ def main(argv):
   if _NAMES.value and len(_NAMES.value) != len(_RUNS.value):
     sys.exit(f"error: --names has {len(_NAMES.value)} names for {len(_RUNS.value)} runs.")
   names = _NAMES.value or [None] * len(_RUNS.value)
-  try:
+  with common.input_errors():
     runs = [report.load_run(path, name) for path, name in zip(_RUNS.value, names)]
     everything = report.policies(runs)
     paths = report.write_report(runs, _OUT.value, _TITLE.value)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
   print(tables.comparison_table(everything))
   print("\n" + tables.aggregate_table(everything))
   for note in tables.notes(everything):
