@@ -18,6 +18,7 @@ import numpy as np
 
 from launch import common
 from scaled_ql import checkpoints, data, evaluation, games, learner, losses, networks, parallel
+from scaled_ql.evaluation import report
 
 
 def run_meta(config) -> dict:
@@ -260,10 +261,8 @@ def train(config, workdir: str, *, what: str = "pre-training", initial_params=No
     ckpt.wait()
     ckpt.close()
   if host == 0 and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      # The whole run's curve, across resumes (a rerun after a crash may repeat some steps).
-      by_step = {h["step"]: h for h in map(json.loads, f)}
-    print_curve([by_step[k] for k in sorted(by_step)])
+    # The whole run's curve, across resumes (a rerun after a crash may repeat some steps).
+    print_curve(report.read_jsonl(os.path.join(workdir, "metrics.jsonl")))
     print(f"done: step {step}; checkpoints in {ckpt.directory}; TensorBoard logs "
           f"in {os.path.join(workdir, 'tensorboard')}; scalars in "
           f"{os.path.join(workdir, 'metrics.jsonl')}", flush=True)

@@ -36,7 +36,7 @@ class Run:
   config: dict  # The workdir's flat config.json ({} without one).
 
 
-def _jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str) -> list[dict]:
   """Records of a JSON-lines log, the last one per step (a resumed run may repeat steps)."""
   if not os.path.isfile(path):
     return []
@@ -71,10 +71,10 @@ def load_run(path: str, name: Optional[str] = None) -> Run:
   workdir = _workdir(path, checkpoint)
   if name is None:
     name = os.path.basename(os.path.normpath(workdir or os.path.dirname(results_path)))
-  history = _jsonl(os.path.join(workdir, METRICS_LOG)) if workdir else []
-  evals = _jsonl(os.path.join(workdir, periodic.EVAL_LOG)) if workdir else []
+  history = read_jsonl(os.path.join(workdir, METRICS_LOG)) if workdir else []
+  evals = read_jsonl(os.path.join(workdir, periodic.EVAL_LOG)) if workdir else []
   # Online fine-tuning: the actors' episode returns (WORKDIR/online.jsonl), as a curve.
-  online = _jsonl(os.path.join(workdir, ONLINE_LOG)) if workdir else []
+  online = read_jsonl(os.path.join(workdir, ONLINE_LOG)) if workdir else []
   history = history + [{"step": r["step"], "online/episode_return": r["mean_return_last_20"]}
                        for r in online if r.get("mean_return_last_20") is not None]
   config = {}
