@@ -290,6 +290,14 @@ class OnlineBatches:
           f"(env steps so far: {self.actors.env_steps() if self.actors else 0:,}). Server "
           f"output:\n{self.server.log_tail()}")
 
+  def publish(self, params, step: int) -> None:
+    """The learner's parameters to the actors; a server that died on the way is said so."""
+    try:
+      replay.publish_params(self.address, params, step, timeout_s=self.config.online.timeout_s)
+    except replay.ReplayError:
+      self.check_server()
+      raise
+
   def __iter__(self):
     return self
 
@@ -339,7 +347,7 @@ def train_online(config, workdir: str, *, initial_params=None, meta_extra=None) 
   last_log = {"step": 0}
 
   def on_start(step, state):
-    replay.publish_params(address, state.params, step)
+    online.publish(state.params, step)
     seed_offline(config, address)
     online.start()
     variant = {k: "default" if v is None else v for k, v in training.game_variant(config).items()}
@@ -350,7 +358,7 @@ def train_online(config, workdir: str, *, initial_params=None, meta_extra=None) 
 
   def on_step(step, state):
     if step % o.publish_every == 0:
-      replay.publish_params(address, state.params, step, timeout_s=o.timeout_s)
+      online.publish(state.params, step)
     if step - last_log["step"] >= config.log_every:
       last_log["step"] = step
       returns = online.actors.new_returns()
