@@ -1,4 +1,5 @@
 """Network shapes, dtypes, feature norm, per-game heads, gradients and bad input."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,8 +106,23 @@ def test_spatial_embedding_is_a_learned_kernel_summed_over_height_and_width():
   kernel = np.asarray(params["params"]["kernel"])
   assert kernel.shape == (5, 4, 6, 3)
   got = np.asarray(module.apply(params, x))
-  want = np.einsum("bhwc,hwcf->bcf", np.asarray(x, np.float64), kernel).reshape(2, 18)
+  want = np.einsum("bhwc,hwcf->cbf", np.asarray(x, np.float64), kernel)
+  assert got.shape == (6, 2, 3)  # Channel-major.
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_projection_is_nn_dense_over_the_flattened_channel_feature_embedding():
+  """Same parameters (names, shapes, initial values) and function as nn.Dense applied to the
+  batch-major [B, C*F] embedding, so checkpoints from before the channel-major layout load."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 5, 3))  # [C, B, F]
+  flat = jnp.transpose(x, (1, 0, 2)).reshape(5, 18)
+  ours, dense = networks.Projection(features=7), nn.Dense(7)
+  params = ours.init(jax.random.PRNGKey(1), x)
+  reference = dense.init(jax.random.PRNGKey(1), flat)
+  jax.tree.map(np.testing.assert_array_equal, params, reference)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # A nonzero bias too.
+  np.testing.assert_allclose(ours.apply(params, x), dense.apply(params, flat), rtol=1e-5,
+                             atol=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs_close():

@@ -9,8 +9,8 @@ import numpy as np
 
 from scaled_ql.networks.encoders import ENCODERS, RESNET_LAYOUTS, ImpalaCNN, NatureCNN, ResNet
 from scaled_ql.networks.qnetwork import (OBSERVATION_SHAPE, Backbone, MultiGameHead,
-                                         MultiGameQNetwork, QNetworkOutput, SpatialEmbedding,
-                                         check_observation)
+                                         MultiGameQNetwork, Projection, QNetworkOutput,
+                                         SpatialEmbedding, check_observation)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -122,7 +122,7 @@ def check_param_shapes(expected, actual, source: str = "parameters") -> None:
 __all__ = [
     "BACKBONE_FIELDS", "DTYPES", "ENCODERS", "HEAD", "OBSERVATION_SHAPE", "RESNET_LAYOUTS",
     "Backbone", "ImpalaCNN", "MultiGameHead", "MultiGameQNetwork", "NatureCNN",
-    "QNetworkOutput", "ResNet", "SpatialEmbedding", "build_backbone", "build_q_network",
+    "Projection", "QNetworkOutput", "ResNet", "SpatialEmbedding", "build_backbone", "build_q_network",
     "check_observation", "check_param_shapes", "count_params", "dummy_inputs", "init_params",
     "param_shapes", "split_params",
 ]

@@ -2,8 +2,9 @@
 
 observation [B, 84, 84, 4] uint8 -> encoder feature map [B, H, W, C]
   -> learned spatial embedding: a (H, W, C, F) kernel multiplied with the map and summed over H
-     and W, giving C*F features (instead of global pooling, which discards where things are)
-  -> dense projection to D, ReLU (the "penultimate layer" of a DQN)
+     and W, giving C*F features (instead of global pooling, which discards where things are),
+     kept channel-major [C, B, F]
+  -> dense projection of the C*F features to D, ReLU (the "penultimate layer" of a DQN)
   -> feature normalization: divided by its L2 norm (unit-norm shared features)
   -> multi-game head: one linear layer per game, kept as ONE parameter [G, D, 18 * atoms] so that a
      batch blocked by game is a single batched matmul. Logits come out as [B, 18, atoms] float32.
@@ -47,7 +48,13 @@ def _is_concrete(x) -> bool:
 
 
 class SpatialEmbedding(nn.Module):
-  """Learned spatial embedding: [B, H, W, C] -> [B, C * num_features]."""
+  """Learned spatial embedding: [B, H, W, C] -> [C, B, num_features], channel-major.
+
+  Per channel, the [B, H*W] map times that channel's [H*W, F] kernel: one matmul batched over
+  channels, whose natural output is channel-major. `Projection` takes it as it is; the
+  batch-major [B, C*F] would cost a transpose of the whole embedding each way (about 3% of a
+  Nature-CNN update step on CPU).
+  """
   num_features: int
   dtype: Any = jnp.float32
 
@@ -57,8 +64,26 @@ class SpatialEmbedding(nn.Module):
     init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
                                             in_axis=(0, 1), out_axis=3, batch_axis=2)
     kernel = self.param("kernel", init, (h, w, c, self.num_features), jnp.float32)
-    y = jnp.einsum("bhwc,hwcf->bcf", x.astype(self.dtype), kernel.astype(self.dtype))
-    return y.reshape(x.shape[0], c * self.num_features)
+    return jnp.einsum("bhwc,hwcf->cbf", x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Projection(nn.Module):
+  """`nn.Dense(features)` of the flattened (channel, feature) embedding, from `SpatialEmbedding`'s
+  channel-major [C, B, F]: per channel [B, F] x [F, D], summed over channels (the same
+  multiply-adds). Parameters as nn.Dense over [B, C*F]: kernel [C*F, D], bias [D]."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c, _, f = x.shape
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (c * f, self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    per_channel = jax.lax.dot_general(
+        x.astype(self.dtype), kernel.astype(self.dtype).reshape(c, f, self.features),
+        (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+    return (per_channel.sum(0) + bias).astype(self.dtype)
 
 
 class MultiGameHead(nn.Module):
@@ -129,7 +154,7 @@ class Backbone(nn.Module):
   def setup(self):
     self.torso = make_encoder(self.encoder, self.depth, self.width, self.dtype)
     self.spatial_embedding = SpatialEmbedding(self.spatial_features, self.dtype)
-    self.projection = nn.Dense(self.feature_dim, dtype=self.dtype)
+    self.projection = Projection(self.feature_dim, dtype=self.dtype)
 
   def features(self, observation):
     """uint8 [B, 84, 84, 4] -> unit-norm float32 features [B, D]."""
