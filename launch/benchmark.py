@@ -10,9 +10,10 @@ on how busy the machine is; wall-clock rates are printed beside them.
   bytes per stored frame of the pools, and ingest frames per second per core from disk (an RLDS
   dataset made in the emulator, read with `scaled_ql.data.read_episodes`) into a pool.
 - learner: the C51 + CQL update step's steps/s and MFU (its FLOPs per second over a float32
-  matmul rate timed beside it) for Nature-CNN at batch 32 and 256 and ResNet-18/34 at batch 64;
-  the data-wait fraction of a real `demo` pre-training run; Nature-CNN throughput on 1, 2 and 4
-  forced host devices (one subprocess each).
+  matmul rate timed beside it) for Nature-CNN at batch 32 and 256 and ResNet-18/34 at batch 64,
+  each in its own process with the XLA:CPU runtime a training run of it gets; the data-wait
+  fraction of a real `demo` pre-training run; Nature-CNN throughput on 1, 2 and 4 forced host
+  devices.
 - replay: online fine-tuning's Reverb layer (`scaled_ql.replay`, server in its own process):
   inserts/s of 84x84x4 transitions from one TransitionWriter (Pong and random frames) and
   sampled transitions/s at batch 256 through ReplayBatches; wall-clock.
@@ -34,7 +35,6 @@ from absl import app, flags, logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 from launch import common
 import numpy as np
 
@@ -57,9 +57,10 @@ _LEARNER_ROUNDS = flags.DEFINE_integer(
     "matmul); medians over rounds are printed.")
 _LEARNER_DEMO_STEPS = flags.DEFINE_integer(
     "learner_demo_steps", 300, "Steps of the real `demo` pre-training run timed for data wait.")
-_LEARNER_DEVICES_CHILD = flags.DEFINE_integer(
-    "learner_devices_child", 0, "Internal: time the Nature-CNN update on this many forced host "
-    "devices and print one JSON line (the learner benchmark runs it in a subprocess).")
+_LEARNER_CHILD = flags.DEFINE_string(
+    "learner_child", "", "Internal: one update-step measurement (JSON: model overrides, batch, "
+    "flax_conv, devices); prints one JSON line. The learner benchmark runs each in a subprocess "
+    "because XLA:CPU's runtime and the host device count are set before JAX starts.")
 
 
 @contextlib.contextmanager
@@ -453,8 +454,36 @@ def _time_update(case: dict, rounds: int) -> dict:
               matmul_rate=2 * _MATMUL_SIZE**3 / _matmul_seconds())
 
 
-def _single_device_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), (parallel.DATA, parallel.MODEL))
+def _measure_update(overrides: dict, batch: int, rounds: int, flax_conv: bool = False,
+                    devices: int = 1) -> dict:
+  """`_time_update` of one configuration in its own process (`--learner_child`), on
+  `devices` forced host devices and XLA:CPU's runtime for the encoder
+  (`parallel.xla_flags_for`: classic for Nature-CNN). The flax.linen.Conv "before" network
+  runs on JAX's default runtime: the classic one aborts on its strided input gradients."""
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  if not flax_conv:
+    xla_flags = parallel.xla_flags_for(overrides["encoder"], xla_flags)
+  if devices > 1:
+    xla_flags = f"{xla_flags} --xla_force_host_platform_device_count={devices}".strip()
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
+  spec = dict(model=overrides, batch=batch, rounds=rounds, flax_conv=flax_conv, devices=devices)
+  out = _run(["launch.benchmark", f"--learner_child={json.dumps(spec)}"], env,
+             f"the learner measurement {spec}")
+  result = json.loads(out.strip().splitlines()[-1])
+  result["runtime"] = "classic" if "use_thunk_runtime=false" in xla_flags else "thunk"
+  return result
+
+
+def _learner_child(spec: dict) -> None:
+  """Inside a `_measure_update` process: one JSON line of figures."""
+  if jax.device_count() != spec["devices"]:
+    raise RuntimeError(f"expected {spec['devices']} host devices, JAX sees "
+                       f"{jax.device_count()}.")
+  with _flax_conv_nature_cnn() if spec["flax_conv"] else contextlib.nullcontext():
+    case = _update_case(_learner_config(spec["model"]), spec["batch"], parallel.make_mesh(1))
+  timing = _time_update(case, spec["rounds"])
+  print(json.dumps(dict(timing, analytic_flops=case["analytic_flops"],
+                        xla_flops=case["xla_flops"])))
 
 
 def learner_benchmark() -> None:
@@ -463,34 +492,31 @@ def learner_benchmark() -> None:
   MFU = the update's model FLOPs (2 x the multiply-adds of every matmul and convolution of
   the architecture, from the layer shapes: forward, backward, target forward;
   `_analytic_update_flops`) per second, over the float32 matmul rate measured beside each
-  timing in this run. "XLA count" is XLA's cost analysis of the compiled step relative to that
-  (what the machine executes: padding taps, the folded embedding, ...).
+  timing in the same process. "XLA count" is XLA's cost analysis of the compiled step relative
+  to that (what the machine executes: padding taps, the folded embedding, ...). Each row runs
+  in its own process with the XLA:CPU runtime a training run of that encoder gets.
   """
   rounds = _LEARNER_ROUNDS.value
-  mesh = _single_device_mesh()
   print(f"== learner: C51 + CQL update step (learner.jit_update, 1-device mesh, Adam; paper "
         f"head sizes), games {'/'.join(LEARNER_GAMES)}, game-blocked batches; MFU = model "
         f"FLOPs / s over a {_MATMUL_SIZE}^2 float32 matmul timed beside every measurement; "
-        f"medians of {rounds} rounds", flush=True)
-  print(f"  {'model':<46} {'batch':>5} {'steps/s':>8} {'trans/s':>8} {'GFLOP/step':>10} "
-        f"{'XLA count':>10} {'GFLOP/s':>8} {'MFU':>6}", flush=True)
+        f"medians of {rounds} rounds; one process per row", flush=True)
+  print(f"  {'model':<46} {'batch':>5} {'runtime':>7} {'steps/s':>8} {'trans/s':>8} "
+        f"{'GFLOP/step':>10} {'XLA count':>10} {'GFLOP/s':>8} {'MFU':>6}", flush=True)
   rows = [(label, overrides, batch, False) for label, overrides, batch in LEARNER_CASES]
   # The "before" row right after its "after" row, so that both see the same machine load.
   rows.insert(2, (BEFORE, dict(encoder="nature"), 256, True))
   results, rates = {}, []
   for label, overrides, batch, flax_conv in rows:
-    with _flax_conv_nature_cnn() if flax_conv else contextlib.nullcontext():
-      case = _update_case(_learner_config(overrides), batch, mesh)
-    timing = _time_update(case, rounds)
+    timing = _measure_update(overrides, batch, rounds, flax_conv)
     results[label, batch] = timing
     rates.append(timing["matmul_rate"])
-    counted = case["xla_flops"] / case["analytic_flops"]
-    print(f"  {label:<46} {batch:>5} {1 / timing['seconds']:>8.2f} "
-          f"{batch / timing['seconds']:>8,.0f} {case['analytic_flops'] / 1e9:>10.2f} "
+    flops = timing["analytic_flops"]
+    counted = timing["xla_flops"] / flops
+    print(f"  {label:<46} {batch:>5} {timing['runtime']:>7} {1 / timing['seconds']:>8.2f} "
+          f"{batch / timing['seconds']:>8,.0f} {flops / 1e9:>10.2f} "
           f"{f'{counted:.3f}x' if counted > 0.5 else 'n/a':>10} "
-          f"{case['analytic_flops'] / timing['seconds'] / 1e9:>8.1f} {timing['mfu']:>6.3f}",
-          flush=True)
-    del case
+          f"{flops / timing['seconds'] / 1e9:>8.1f} {timing['mfu']:>6.3f}", flush=True)
   print(f"  (float32 matmul rate in this run: {np.median(rates) / 1e9:,.0f} GFLOP/s, median)")
   after, before = results["Nature-CNN", 256], results[BEFORE, 256]
   # MFU ratios: steps per second relative to each measurement's own matmul rate, so machine
@@ -498,7 +524,8 @@ def learner_benchmark() -> None:
   report("MFU, Nature-CNN C51 + CQL, batch 256", 100 * after["mfu"], 100 * MFU_GOAL,
          "% of matmul",
          note=f"(the update is {after['mfu'] / before['mfu']:.2f}x as fast as on "
-              f"flax.linen.Conv, whose MFU is {100 * before['mfu']:.1f}%)")
+              f"flax.linen.Conv and JAX's default runtime, whose MFU is "
+              f"{100 * before['mfu']:.1f}%)")
   _demo_data_wait()
   _device_scaling(rounds)
 
@@ -544,35 +571,19 @@ def _demo_data_wait() -> None:
 
 
 def _device_scaling(rounds: int) -> None:
-  """Nature-CNN batch-256 update throughput on 1, 2 and 4 forced host devices (subprocesses:
-  the device count must be set before JAX starts)."""
+  """Nature-CNN batch-256 update throughput on 1, 2 and 4 forced host devices (one process
+  each: the device count must be set before JAX starts)."""
   print(f"== learner: Nature-CNN batch-256 update over a data-parallel mesh of N forced host "
         f"devices (--xla_force_host_platform_device_count=N, one process each)", flush=True)
-  results = {}
-  for n in DEVICE_COUNTS:
-    flags_n = f"--xla_force_host_platform_device_count={n}"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags_n}".strip())
-    out = _run(["launch.benchmark", f"--learner_devices_child={n}",
-                f"--learner_rounds={rounds}"], env, f"the {n}-device learner run")
-    results[n] = json.loads(out.strip().splitlines()[-1])
+  results = {n: _measure_update(dict(encoder="nature"), 256, rounds, devices=n)
+             for n in DEVICE_COUNTS}
   one = results[DEVICE_COUNTS[0]]
   for n, r in results.items():
     # Ratios of MFU (each process's own matmul rate), so load differences between the
     # processes cancel; transitions/s are wall-clock.
     report(f"{n} device{'s' if n > 1 else ''}: throughput vs 1 device", 100 * r["mfu"] / one["mfu"],
            100 * DEVICE_SCALING_GOAL, "% of 1 device",
-           note=f"({r['transitions_per_second']:,.0f} transitions/s, MFU {r['mfu']:.3f})")
-
-
-def _devices_child(n: int) -> None:
-  """Inside a process started with n forced host devices: one JSON line of figures."""
-  if jax.device_count() != n:
-    raise RuntimeError(f"expected {n} host devices, JAX sees {jax.device_count()}.")
-  case = _update_case(_learner_config(dict(encoder="nature")), 256, parallel.make_mesh(1))
-  timing = _time_update(case, _LEARNER_ROUNDS.value)
-  print(json.dumps(dict(devices=n, mfu=timing["mfu"],
-                        transitions_per_second=256 / timing["seconds"])))
+           note=f"({256 / r['seconds']:,.0f} transitions/s, MFU {r['mfu']:.3f})")
 
 
 _REPLAY_INSERTS = flags.DEFINE_integer("replay_inserts", 3000,
@@ -722,8 +733,8 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
 
 def main(argv):
   del argv
-  if _LEARNER_DEVICES_CHILD.value:
-    _devices_child(_LEARNER_DEVICES_CHILD.value)
+  if _LEARNER_CHILD.value:
+    _learner_child(json.loads(_LEARNER_CHILD.value))
     return
   names = [w.strip() for w in _WHAT.value.split(",") if w.strip()]
   unknown = [w for w in names if w not in BENCHMARKS]

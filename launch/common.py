@@ -98,13 +98,19 @@ def define_distributed_flags() -> dict:
                              "Let JAX detect the cluster (Cloud TPU pods, SLURM, Open MPI)."))
 
 
-def initialize_distributed(distributed_flags: dict) -> None:
-  """`parallel.initialize` from the flags of `define_distributed_flags` (or the environment)."""
+def start_jax(distributed_flags: dict, encoder: str) -> None:
+  """Starts JAX for a training run of `encoder`: XLA:CPU's runtime for it
+  (`parallel.select_cpu_runtime`, said on CPU), then multi-host start-up
+  (`parallel.initialize`) from the flags of `define_distributed_flags` or the environment."""
   from scaled_ql import parallel  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
 
+  runtime = parallel.select_cpu_runtime(encoder)
   f = distributed_flags
   parallel.initialize(f["coordinator"].value, f["num_processes"].value, f["process_id"].value,
                       f["auto"].value)
+  if jax.default_backend() == "cpu" and jax.process_index() == 0:
+    print(f"XLA:CPU runtime: {runtime}", flush=True)
 
 
 def run(main) -> None:

@@ -88,12 +88,16 @@ def describe(config, meta: dict) -> str:
 
 def main(argv):
   del argv
-  common.initialize_distributed(_DISTRIBUTED)
   config, workdir = _CONFIG.value, _WORKDIR.value
   if config is None or not workdir:
     raise app.UsageError("--config=configs/finetune.py:PRESET and --workdir are required.")
+  backbone = _BACKBONE.value or config.finetune.backbone
   with common.input_errors():
-    initial, meta = prepare(config, _BACKBONE.value or config.finetune.backbone)
+    # The architecture is the artifact's; its description is read before JAX starts.
+    encoder = export.read_info(backbone)["architecture"]["encoder"] if backbone else ""
+  common.start_jax(_DISTRIBUTED, encoder)
+  with common.input_errors():
+    initial, meta = prepare(config, backbone)
   print(describe(config, meta), flush=True)
   if config.finetune.mode == "online":
     from launch import online  # pylint: disable=g-import-not-at-top  (Reverb only when used)

@@ -24,10 +24,10 @@ _DISTRIBUTED = common.define_distributed_flags()
 
 def main(argv):
   del argv
-  common.initialize_distributed(_DISTRIBUTED)
   config, workdir = _CONFIG.value, _WORKDIR.value
   if config is None or not workdir:
     raise app.UsageError("--config=configs/pretrain.py:PRESET and --workdir are required.")
+  common.start_jax(_DISTRIBUTED, config.model.encoder)
   training.train(config, workdir)
 
 

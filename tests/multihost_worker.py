@@ -38,12 +38,15 @@ def global_rows(step: int, batch: int, num_games: int, hosts: int):
 
 
 def main(out, process_id, num_processes, port, steps, model_axis, hosts):
-  if num_processes > 1:
-    parallel.initialize(f"localhost:{port}", num_processes, process_id)
   spec = importlib.util.spec_from_file_location("pretrain_config", REPO / "configs/pretrain.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("tiny")
+  # The XLA:CPU runtime `launch.pretrain` gives this encoder (classic for Nature-CNN), so the
+  # cross-process CPU collectives are tested on the runtime that training uses.
+  print("XLA:CPU runtime:", parallel.select_cpu_runtime(config.model.encoder))
+  if num_processes > 1:
+    parallel.initialize(f"localhost:{port}", num_processes, process_id)
   num_games = len(config.games)
   mesh = parallel.make_mesh(model_axis)
   model = networks.build_q_network(config.model, num_games)

@@ -59,6 +59,44 @@ def test_two_hosts_match_one_process_with_the_same_global_batch(repo, tmp_path, 
                                err_msg=name)
 
 
+def test_xla_flags_for_gives_nature_the_classic_cpu_runtime_and_keeps_a_users_choice():
+  classic = "--xla_cpu_use_thunk_runtime=false"
+  assert parallel.xla_flags_for("nature") == classic
+  assert parallel.xla_flags_for("nature", "--xla_force_host_platform_device_count=2") == (
+      f"--xla_force_host_platform_device_count=2 {classic}")
+  for encoder in ("resnet", "impala"):  # Strided lax convolutions: the classic runtime aborts.
+    assert parallel.xla_flags_for(encoder, "--a=1") == "--a=1"
+  assert parallel.xla_flags_for("nature", "--xla_cpu_use_thunk_runtime=true") == (
+      "--xla_cpu_use_thunk_runtime=true")
+
+
+def test_select_cpu_runtime_sets_xla_flags_only_before_jax_starts(repo):
+  script = """
+import os, jax.numpy as jnp
+from scaled_ql import parallel
+print(parallel.select_cpu_runtime("resnet"), "|", os.environ.get("XLA_FLAGS", ""))
+print(parallel.select_cpu_runtime("nature"), "|", os.environ["XLA_FLAGS"])
+print(parallel.select_cpu_runtime("nature"), "|", os.environ["XLA_FLAGS"])
+float(jnp.ones(3).sum())
+"""
+  late = """
+import os, jax.numpy as jnp
+from scaled_ql import parallel
+float(jnp.ones(3).sum())
+print(parallel.select_cpu_runtime("nature"), "|", os.environ.get("XLA_FLAGS", ""))
+"""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(repo))
+  run = lambda code: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                    text=True, timeout=120, check=True).stdout.splitlines()
+  assert run(script) == [
+      "thunk (JAX's default) | ",
+      "classic (faster for the nature encoder; --xla_cpu_use_thunk_runtime=false) | "
+      "--xla_cpu_use_thunk_runtime=false",
+      "as set in XLA_FLAGS | --xla_cpu_use_thunk_runtime=false"]
+  assert run(late) == ["thunk (JAX had started before the runtime could be chosen) | "]
+
+
 def test_param_sharding_splits_large_arrays_over_the_model_axis():
   mesh = parallel.make_mesh(1)
   assert parallel.param_sharding(mesh, (4096, 4096)).spec == jax.sharding.PartitionSpec()

@@ -57,6 +57,7 @@ def uninterrupted(repo, dataset, tmp_path_factory):
   result = _run(repo, _cmd(workdir, dataset))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "done: step 30" in result.stdout
+  assert "XLA:CPU runtime: classic" in result.stdout  # parallel.select_cpu_runtime, Nature-CNN.
   assert (workdir / "metrics.jsonl").exists() and os.listdir(workdir / "tensorboard")
   return _final_params(str(workdir))
 
