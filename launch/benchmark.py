@@ -517,7 +517,9 @@ def learner_benchmark() -> None:
           f"{batch / timing['seconds']:>8,.0f} {flops / 1e9:>10.2f} "
           f"{f'{counted:.3f}x' if counted > 0.5 else 'n/a':>10} "
           f"{flops / timing['seconds'] / 1e9:>8.1f} {timing['mfu']:>6.3f}", flush=True)
-  print(f"  (float32 matmul rate in this run: {np.median(rates) / 1e9:,.0f} GFLOP/s, median)")
+  print(f"  (float32 matmul rate in this run: {np.median(rates) / 1e9:,.0f} GFLOP/s, median; "
+        f"XLA count n/a: the classic runtime emits convolutions as runtime calls, which XLA's "
+        f"cost analysis does not count)")
   after, before = results["Nature-CNN", 256], results[BEFORE, 256]
   # MFU ratios: steps per second relative to each measurement's own matmul rate, so machine
   # load (and the runtimes' own matmul speeds) divide out.
