@@ -458,8 +458,9 @@ def _measure_update(overrides: dict, batch: int, rounds: int, flax_conv: bool = 
                     devices: int = 1) -> dict:
   """`_time_update` of one configuration in its own process (`--learner_child`), on
   `devices` forced host devices and XLA:CPU's runtime for the encoder
-  (`parallel.xla_flags_for`: classic for Nature-CNN). The flax.linen.Conv "before" network
-  runs on JAX's default runtime: the classic one aborts on its strided input gradients."""
+  (`parallel.xla_flags_for`: classic for Nature-CNN and IMPALA). The flax.linen.Conv "before"
+  network runs on JAX's default runtime: the classic one aborts on its strided input
+  gradients."""
   xla_flags = os.environ.get("XLA_FLAGS", "")
   if not flax_conv:
     xla_flags = parallel.xla_flags_for(overrides["encoder"], xla_flags)

@@ -39,9 +39,9 @@ INITS = ("pretrained", "scratch")
 MODES = ("offline", "online")
 
 
-def prepare(config, backbone_path: str) -> tuple[dict | None, dict]:
-  """Checks the fine-tuning fields, loads the artifact and sets config.model to its
-  architecture. Returns (initial parameters for `train`, or None for scratch; run metadata)."""
+def check(config, backbone_path: str) -> dict:
+  """Checks the fine-tuning fields and the artifact's description (no JAX: it runs before JAX
+  starts, whose CPU runtime depends on the artifact's encoder). Returns the description."""
   f = config.finetune
   if f.init not in INITS:
     raise ValueError(f"config.finetune.init={f.init!r}: choose one of {INITS}.")
@@ -50,7 +50,13 @@ def prepare(config, backbone_path: str) -> tuple[dict | None, dict]:
   if not backbone_path:
     raise ValueError("no backbone: pass --backbone=ARTIFACT (made by `python -m launch.export`); "
                      "a scratch run needs it too, for the architecture.")
-  info = export.read_info(backbone_path)
+  return export.read_info(backbone_path)
+
+
+def prepare(config, backbone_path: str, info: dict) -> tuple[dict | None, dict]:
+  """Loads the artifact (`info`: its description from `check`) and sets config.model to its
+  architecture. Returns (initial parameters for `train`, or None for scratch; run metadata)."""
+  f = config.finetune
   wants_heads = f.reuse_heads and f.init == "pretrained" and info["has_heads"] and (
       set(config.games) & {g["name"] for g in info["games"]})
   loaded = export.load_backbone(backbone_path, with_heads=bool(wants_heads))
@@ -93,11 +99,10 @@ def main(argv):
     raise app.UsageError("--config=configs/finetune.py:PRESET and --workdir are required.")
   backbone = _BACKBONE.value or config.finetune.backbone
   with common.input_errors():
-    # The architecture is the artifact's; its description is read before JAX starts.
-    encoder = export.read_info(backbone)["architecture"]["encoder"] if backbone else ""
-  common.start_jax(_DISTRIBUTED, encoder)
+    info = check(config, backbone)
+  common.start_jax(_DISTRIBUTED, info["architecture"]["encoder"])  # The artifact's encoder.
   with common.input_errors():
-    initial, meta = prepare(config, backbone)
+    initial, meta = prepare(config, backbone, info)
   print(describe(config, meta), flush=True)
   if config.finetune.mode == "online":
     from launch import online  # pylint: disable=g-import-not-at-top  (Reverb only when used)

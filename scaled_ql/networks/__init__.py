@@ -121,8 +121,8 @@ def check_param_shapes(expected, actual, source: str = "parameters") -> None:
 
 __all__ = [
     "BACKBONE_FIELDS", "DTYPES", "ENCODERS", "HEAD", "OBSERVATION_SHAPE", "RESNET_LAYOUTS",
-    "Backbone", "ImpalaCNN", "MultiGameHead", "MultiGameQNetwork", "NatureCNN",
-    "Projection", "QNetworkOutput", "ResNet", "SpatialEmbedding", "build_backbone", "build_q_network",
+    "Backbone", "ImpalaCNN", "MultiGameHead", "MultiGameQNetwork", "NatureCNN", "Projection",
+    "QNetworkOutput", "ResNet", "SpatialEmbedding", "build_backbone", "build_q_network",
     "check_observation", "check_param_shapes", "count_params", "dummy_inputs", "init_params",
     "param_shapes", "split_params",
 ]
