@@ -1,7 +1,6 @@
 r"""Fine-tunes a pre-trained backbone: offline on unseen games, or online on game variants.
 
   python -m launch.export --workdir=runs/demo --out=runs/demo/backbone
-  python -m launch.make_dataset --games=space_invaders --out=runs/ft_data ...
   python -m launch.finetune --config=configs/finetune.py:offline_cpu --backbone=runs/demo/backbone \
       --workdir=runs/ft_space_invaders --config.data.data_dir=runs/ft_data
   python -m launch.finetune --config=configs/finetune.py:offline_cpu --backbone=runs/demo/backbone \
@@ -10,86 +9,20 @@ r"""Fine-tunes a pre-trained backbone: offline on unseen games, or online on gam
   python -m launch.finetune --config=configs/finetune.py:online_cpu --backbone=runs/demo/backbone \
       --workdir=runs/ft_freeway_m1d1
 
-New heads for the target games (or, with finetune.reuse_heads, the artifact's heads for games it
-was trained on), the backbone from the artifact (trainable, or frozen with
-finetune.freeze_backbone), and then the same job as pre-training (launch.training.train):
-checkpoints and automatic resume, TensorBoard, periodic evaluation. `launch.evaluate` and
-`launch.report` read fine-tuning workdirs like pre-training ones. Online mode: see
-launch/online.py.
+The job is `scaled_ql.train.finetune` (heads, backbone, then the pre-training loop; online:
+a Reverb replay and actor processes, see scaled_ql/train/online.py). Rerun to resume.
 """
-from __future__ import annotations
-
-import os
-
 from absl import app, flags
-import numpy as np
-from ml_collections import config_flags
 
-from launch import common, training
-from scaled_ql import export, networks
+from scaled_ql import app as app_lib
+from scaled_ql import errors, train
+from scaled_ql.train import finetune as finetune_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/finetune.py:PRESET.",
-                                          lock_config=True)
+_CONFIG = app_lib.config_flag(help_text="configs/finetune.py:PRESET.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, results.")
 _BACKBONE = flags.DEFINE_string("backbone", None, "Backbone artifact (launch.export); the same "
                                 "as --config.finetune.backbone.")
-_DISTRIBUTED = common.define_distributed_flags()
-
-INITS = ("pretrained", "scratch")
-MODES = ("offline", "online")
-
-
-def check(config, backbone_path: str) -> dict:
-  """Checks the fine-tuning fields and the artifact's description (no JAX: it runs before JAX
-  starts, whose CPU runtime depends on the artifact's encoder). Returns the description."""
-  f = config.finetune
-  if f.init not in INITS:
-    raise ValueError(f"config.finetune.init={f.init!r}: choose one of {INITS}.")
-  if f.mode not in MODES:
-    raise ValueError(f"config.finetune.mode={f.mode!r}: choose one of {MODES}.")
-  if not backbone_path:
-    raise ValueError("no backbone: pass --backbone=ARTIFACT (made by `python -m launch.export`); "
-                     "a scratch run needs it too, for the architecture.")
-  return export.read_info(backbone_path)
-
-
-def prepare(config, backbone_path: str, info: dict) -> tuple[dict | None, dict]:
-  """Loads the artifact (`info`: its description from `check`) and sets config.model to its
-  architecture. Returns (initial parameters for `train`, or None for scratch; run metadata)."""
-  f = config.finetune
-  wants_heads = f.reuse_heads and f.init == "pretrained" and info["has_heads"] and (
-      set(config.games) & {g["name"] for g in info["games"]})
-  loaded = export.load_backbone(backbone_path, with_heads=bool(wants_heads))
-  with config.unlocked():
-    for key, value in loaded.model_config.items():
-      setattr(config.model, key, value)
-    config.finetune.backbone = os.path.abspath(backbone_path)
-  meta = dict(finetune=dict(init=f.init, backbone_sha256=info["sha256"],
-                            freeze_backbone=bool(f.freeze_backbone), mode=f.mode))
-  if f.init == "scratch":
-    return None, meta
-  initial = dict(loaded.params)
-  if wants_heads:
-    head_games = loaded.games
-    rows = [(i, head_games.index(g)) for i, g in enumerate(config.games) if g in head_games]
-    initial[networks.HEAD] = dict(
-        rows=np.asarray([r for r, _ in rows], np.int32),
-        kernel=loaded.heads["kernel"][[h for _, h in rows]],
-        bias=loaded.heads["bias"][[h for _, h in rows]])
-    meta["finetune"]["heads_from_backbone"] = [config.games[r] for r, _ in rows]
-  return initial, meta
-
-
-def describe(config, meta: dict) -> str:
-  f = meta["finetune"]
-  start = (f"pre-trained backbone {config.finetune.backbone}" if f["init"] == "pretrained"
-           else "from scratch (random initialisation)")
-  reused = f.get("heads_from_backbone")
-  new = [g for g in config.games if g not in (reused or [])]
-  heads = ", ".join(([f"from the backbone for {', '.join(reused)}"] if reused else [])
-                    + ([f"new for {', '.join(new)}"] if new else []))
-  frozen = ", backbone frozen" if f["freeze_backbone"] else ""
-  return f"fine-tuning ({f['mode']}, {start}{frozen}; heads: {heads})"
+_DISTRIBUTED = app_lib.distributed_flags()
 
 
 def main(argv):
@@ -98,19 +31,11 @@ def main(argv):
   if config is None or not workdir:
     raise app.UsageError("--config=configs/finetune.py:PRESET and --workdir are required.")
   backbone = _BACKBONE.value or config.finetune.backbone
-  with common.input_errors():
-    info = check(config, backbone)
-  common.start_jax(_DISTRIBUTED, info["architecture"]["encoder"])  # The artifact's encoder.
-  with common.input_errors():
-    initial, meta = prepare(config, backbone, info)
-  print(describe(config, meta), flush=True)
-  if config.finetune.mode == "online":
-    from launch import online  # pylint: disable=g-import-not-at-top  (Reverb only when used)
-    online.train_online(config, workdir, initial_params=initial, meta_extra=meta)
-    return
-  training.train(config, workdir, what="fine-tuning", initial_params=initial,
-                 heads_only=config.finetune.freeze_backbone, meta_extra=meta)
+  with errors.input_checks():  # Before JAX starts: its CPU runtime is the artifact's encoder's.
+    info = finetune_lib.check(config, backbone)
+  app_lib.start_jax(_DISTRIBUTED, info["architecture"]["encoder"])
+  train.finetune(config, workdir, backbone, info)
 
 
 if __name__ == "__main__":
-  common.run(main)
+  app_lib.run(main)

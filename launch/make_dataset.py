@@ -12,24 +12,16 @@ From DQN Replay Dataset files of one game-run (e.g. gs://atari-replay-datasets/d
       --data_dir=data/atari
 
 Output: `{data_dir}/{dataset_name}/{AleName}_run_{k}/{version}/`, one split per checkpoint,
-readable by `scaled_ql.data.read_episodes` and `tfds.builder_from_directory`. Every input is
-checked before the long work starts; each game-run appears atomically when it is complete, and an
-existing one is never replaced without --overwrite. Prepared TFDS `rlu_atari*` folders need no
-conversion: point the reader at them.
+readable by `scaled_ql.data.read_episodes` and `tfds.builder_from_directory`. Prepared TFDS
+`rlu_atari*` folders need no conversion: point the reader at them. The jobs are
+`scaled_ql.data.make.make_ale` / `make_dqn_replay` (checks first, atomic outputs).
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-from typing import Callable
-
 from absl import app, flags
-from launch import common
-import tqdm
 
-from scaled_ql import games as games_lib
-from scaled_ql.data import dqn_replay, generate, rlds
+from scaled_ql import app as app_lib
+from scaled_ql.data import dqn_replay, make, rlds
 
 _SOURCE = flags.DEFINE_enum("source", "ale", ["ale", "dqn_replay"], "Where episodes come from.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Output TFDS data_dir.", required=True)
@@ -70,141 +62,24 @@ _CHECKPOINTS = flags.DEFINE_list("checkpoints", None,
                                  "dqn_replay: checkpoint indices to convert (default: all).")
 
 
-def _int_list(values, name: str) -> list[int]:
-  try:
-    out = [int(v) for v in values]
-  except ValueError as e:
-    raise app.UsageError(f"--{name} must be integers, got {values}.") from e
-  if len(set(out)) != len(out) or any(v < 0 for v in out):
-    raise app.UsageError(f"--{name} must be distinct non-negative integers, got {values}.")
-  return out
-
-
-def _refuse_existing(data_dir: str, dataset_name: str, game_runs) -> None:
-  if _OVERWRITE.value:
-    return
-  existing = [os.path.join(data_dir, dataset_name, rlds.config_name(g, r)) for g, r in game_runs]
-  existing = [p for p in existing if os.path.exists(p)]
-  if existing:
-    raise rlds.DatasetExistsError(f"these datasets exist already (pass --overwrite to replace "
-                                  f"them): {', '.join(existing)}")
-
-
-def _load_q_policy(spec: str, game_names: list[str]) -> Callable:
-  module_name, sep, factory_name = (spec or "").partition(":")
-  if not sep or not module_name or not factory_name:
-    raise app.UsageError(f"--policy={_POLICY.value} needs --q_policy=module:factory, got "
-                         f"{spec!r}.")
-  factory = getattr(importlib.import_module(module_name), factory_name)
-  return factory(game_names)
-
-
-def _print_summary(title: str, results) -> None:
-  print(f"\n== {title}")
-  print(f"{'game':<16}{'run':>4}{'checkpoint':>12}{'episodes':>10}{'frames':>10}"
-        f"{'terminated':>12}{'mean return':>13}")
-  total_episodes = total_frames = 0
-  for game, run, splits in results:
-    for s in splits:
-      print(f"{game:<16}{run:>4}{s.split.removeprefix('checkpoint_'):>12}{s.episodes:>10}"
-            f"{s.steps:>10}{s.terminated:>12}{s.mean_return:>13.2f}")
-      total_episodes += s.episodes
-      total_frames += s.steps
-  print(f"total: {total_episodes} episodes, {total_frames} frames.")
-
-
-def make_ale() -> None:
-  try:
-    game_list = games_lib.get_games(_GAMES.value)
-  except ValueError as e:
-    raise app.UsageError(f"--games: {e}") from e
-  runs = _int_list(_RUNS.value, "runs")
-  if not runs or min(runs) < 1:
-    raise app.UsageError(f"--runs must be positive run numbers, got {_RUNS.value}.")
-  for name, value in (("checkpoints_per_run", _CHECKPOINTS_PER_RUN.value),
-                      ("steps_per_checkpoint", _STEPS_PER_CHECKPOINT.value)):
-    if value < 1:
-      raise app.UsageError(f"--{name} must be positive, got {value}.")
-  dataset_name = _DATASET_NAME.value or rlds.DEFAULT_DATASET_NAME
-  wanted = [(g, r) for g in game_list for r in runs]
-  if _SKIP_EXISTING.value and not _OVERWRITE.value:
-    exists = lambda g, r: os.path.exists(os.path.join(_DATA_DIR.value, dataset_name,
-                                                      rlds.config_name(g, r)))
-    for g, r in wanted:
-      if exists(g, r):
-        print(f"keeping the existing dataset {rlds.config_name(g, r)} in "
-              f"{os.path.join(_DATA_DIR.value, dataset_name)}")
-    wanted = [(g, r) for g, r in wanted if not exists(g, r)]
-  _refuse_existing(_DATA_DIR.value, dataset_name, wanted)
-  if _POLICY.value == "random":
-    policy = generate.random_policy()
-  else:
-    q_policy = _load_q_policy(_Q_POLICY.value, [g.name for g in game_list])
-    policy = generate.epsilon_greedy(
-        q_policy, _EPSILON_START.value, _EPSILON_END.value,
-        _RANDOM_EPISODE_PROB.value if _POLICY.value == "mixture" else 0.0)
-  total = len(wanted) * _CHECKPOINTS_PER_RUN.value * _STEPS_PER_CHECKPOINT.value
-  rlds.features()  # Imports TensorFlow now, so that the progress bar's first rate is honest.
-  results = []
-  with tqdm.tqdm(total=total, desc="emulator", unit="step", dynamic_ncols=True,
-                 file=sys.stdout, mininterval=1.0) as bar:
-    for game_index, game in enumerate(game_list):
-      for run in runs:
-        if (game, run) not in wanted:
-          continue
-        bar.set_description(f"{game.name} run {run}")
-        splits = generate.generate_run(
-            _DATA_DIR.value, game, run, num_checkpoints=_CHECKPOINTS_PER_RUN.value,
-            steps_per_checkpoint=_STEPS_PER_CHECKPOINT.value, policy=policy, seed=_SEED.value,
-            game_index=game_index, dataset_name=dataset_name, overwrite=_OVERWRITE.value,
-            max_episode_frames=_MAX_EPISODE_FRAMES.value, progress=bar.update)
-        results.append((game.name, run, splits))
-  _print_summary(f"{dataset_name} in {os.path.join(_DATA_DIR.value, dataset_name)} "
-                 f"(policy {_POLICY.value}, seed {_SEED.value})", results)
-
-
-def make_dqn_replay() -> None:
-  if not _REPLAY_DIR.value or not _GAME.value:
-    raise app.UsageError("--source=dqn_replay needs --replay_dir and --game.")
-  try:
-    game = games_lib.get_game(_GAME.value)
-  except ValueError as e:
-    raise app.UsageError(f"--game: {e}") from e
-  if _RUN.value < 1:
-    raise app.UsageError(f"--run must be positive, got {_RUN.value}.")
-  checkpoints = None if _CHECKPOINTS.value is None else _int_list(_CHECKPOINTS.value,
-                                                                  "checkpoints")
-  dataset_name = _DATASET_NAME.value or dqn_replay.DATASET_NAME
-  _refuse_existing(_DATA_DIR.value, dataset_name, [(game, _RUN.value)])
-  ckpts = dqn_replay.check_replay_dir(_REPLAY_DIR.value, game, checkpoints=checkpoints)
-  print(f"{_REPLAY_DIR.value}: {len(ckpts)} checkpoint(s) checked, "
-        f"{dqn_replay.total_rows(ckpts):,} rows.")
-  with tqdm.tqdm(total=dqn_replay.total_rows(ckpts), desc=f"{game.name} run {_RUN.value}",
-                 unit="row", dynamic_ncols=True, file=sys.stdout, mininterval=1.0) as bar:
-    result = dqn_replay.convert_run(
-        _REPLAY_DIR.value, _DATA_DIR.value, game, _RUN.value,
-        checkpoints=[c.index for c in ckpts], dataset_name=dataset_name,
-        overwrite=_OVERWRITE.value, progress=bar.update)
-  _print_summary(f"{dataset_name} in {result.path}", [(game.name, _RUN.value, result.splits)])
-  dropped = {c: n for c, n in result.rows_dropped.items() if n}
-  if dropped:
-    print(f"rows not converted (an episode whose start the circular buffer overwrote, or a lone "
-          f"last row without a transition), by checkpoint: {dropped}")
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    if _SOURCE.value == "ale":
-      make_ale()
-    else:
-      make_dqn_replay()
-  except (rlds.DatasetError, rlds.DatasetExistsError, dqn_replay.ReplayFileError) as e:
-    # Bad input, named in the message; nothing was written (outputs appear atomically).
-    print(f"make_dataset: error: {e}", file=sys.stderr)
-    sys.exit(1)
+  if _SOURCE.value == "ale":
+    make.make_ale(
+        _DATA_DIR.value, _GAMES.value, runs=_RUNS.value,
+        checkpoints_per_run=_CHECKPOINTS_PER_RUN.value,
+        steps_per_checkpoint=_STEPS_PER_CHECKPOINT.value, policy=_POLICY.value,
+        q_policy=_Q_POLICY.value, epsilon_start=_EPSILON_START.value,
+        epsilon_end=_EPSILON_END.value, random_episode_prob=_RANDOM_EPISODE_PROB.value,
+        seed=_SEED.value, max_episode_frames=_MAX_EPISODE_FRAMES.value,
+        dataset_name=_DATASET_NAME.value, overwrite=_OVERWRITE.value,
+        skip_existing=_SKIP_EXISTING.value)
+  else:
+    make.make_dqn_replay(_DATA_DIR.value, _REPLAY_DIR.value, _GAME.value, run=_RUN.value,
+                         checkpoints=_CHECKPOINTS.value, dataset_name=_DATASET_NAME.value,
+                         overwrite=_OVERWRITE.value)
 
 
 if __name__ == "__main__":
-  common.run(main)
+  app_lib.run(main)

@@ -15,7 +15,8 @@ import sys
 
 from absl import flags
 
-from launch import common
+from scaled_ql import app as app_lib
+from scaled_ql import errors
 from scaled_ql.evaluation import report, tables
 
 _RUNS = flags.DEFINE_list("runs", [], "Evaluated runs: workdirs, eval directories or "
@@ -32,7 +33,7 @@ def main(argv):
   if _NAMES.value and len(_NAMES.value) != len(_RUNS.value):
     sys.exit(f"error: --names has {len(_NAMES.value)} names for {len(_RUNS.value)} runs.")
   names = _NAMES.value or [None] * len(_RUNS.value)
-  with common.input_errors():
+  with errors.input_checks():
     runs = [report.load_run(path, name) for path, name in zip(_RUNS.value, names)]
     everything = report.policies(runs)
     paths = report.write_report(runs, _OUT.value, _TITLE.value)
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  app_lib.run(main)

@@ -210,3 +210,29 @@ def load_backbone(path: str, *, with_heads: bool = False) -> LoadedBackbone:
                         f"(corrupt or modified files).")
   return LoadedBackbone(module=module, params=tree["backbone"],
                         heads=tree.get("heads") if with_heads else None, info=info)
+
+
+def export_checkpoint(path: str, out: Optional[str] = None, *, heads: bool = True,
+                      overwrite: bool = False) -> tuple[str, dict]:
+  """The export job (`launch.export`): the newest (or named) checkpoint under `path` (a
+  training workdir, its checkpoints/ directory or a step directory) written as an artifact at
+  `out` (default WORKDIR/backbone). Returns (out, its description). Bad input raises
+  errors.InputError: an unreadable checkpoint, an existing artifact without `overwrite`."""
+  from scaled_ql import errors  # pylint: disable=g-import-not-at-top
+  from scaled_ql.evaluation import restore  # pylint: disable=g-import-not-at-top
+
+  with errors.input_checks():  # restore.CheckpointError is a ValueError.
+    ckpt = restore.load(path)
+  out = out or os.path.join(ckpt.workdir or os.path.dirname(ckpt.checkpoint_dir), "backbone")
+  config = ckpt.config
+  dataset = {k[len("data."):]: v for k, v in config.items() if k in (
+      "data.data_dir", "data.runs", "data.checkpoint_range")}
+  model_config = {k: getattr(ckpt.model, k) for k in (*networks.BACKBONE_FIELDS, "num_atoms")}
+  model_config["dtype"] = config.get("model.dtype", "float32")
+  with errors.input_checks(FileExistsError):
+    write_artifact(
+        out, model_config=model_config, params=ckpt.params, games=ckpt.games,
+        loss_kind=ckpt.loss_kind, step=ckpt.step, include_heads=heads, dataset=dataset,
+        source=os.path.join(ckpt.checkpoint_dir, str(ckpt.step)),
+        v_range=(ckpt.v_min, ckpt.v_max), overwrite=overwrite)
+  return out, read_info(out)

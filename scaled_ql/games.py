@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -132,9 +132,19 @@ def get_game(name: str) -> Game:
   return game
 
 
-def get_games(names: Iterable[str]) -> tuple[Game, ...]:
-  """Looks up several games; rejects duplicates, which would give one game two heads."""
-  games = tuple(get_game(n) for n in names)
+def split_names(names: Union[str, Iterable[str]]) -> tuple[str, ...]:
+  """Game names as written anywhere: "pong,breakout" (a command-line list), ("pong",
+  "breakout"), or a mix ("pong,breakout", "freeway"); blanks dropped, order kept."""
+  items = [names] if isinstance(names, str) else list(names)
+  return tuple(part.strip() for item in items
+               for part in (item.split(",") if isinstance(item, str) else [item])
+               if not isinstance(part, str) or part.strip())
+
+
+def get_games(names: Union[str, Iterable[str]]) -> tuple[Game, ...]:
+  """Looks up several games (any form `split_names` reads); rejects duplicates, which would
+  give one game two heads."""
+  games = tuple(get_game(n) for n in split_names(names))
   seen = set()
   for game in games:
     if game.name in seen:
@@ -143,6 +153,11 @@ def get_games(names: Iterable[str]) -> tuple[Game, ...]:
   if not games:
     raise ValueError("the game list is empty.")
   return games
+
+
+def canonical_names(names: Union[str, Iterable[str]]) -> tuple[str, ...]:
+  """The games' snake_case ids ("Pong,MsPacman" -> ("pong", "ms_pacman")), checked."""
+  return tuple(g.name for g in get_games(names))
 
 
 def legal_action_mask(names: Sequence[str]) -> np.ndarray:

@@ -1,5 +1,4 @@
-"""Test set-up: CPU only, and a loader for the config files (they are not a package)."""
-import importlib.util
+"""Test set-up: CPU only, the jobs' global JAX settings, and the shared fixtures."""
 import os
 import pathlib
 
@@ -11,11 +10,14 @@ import pytest  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+from scaled_ql import app as _app, configs as _configs  # noqa: E402
+
+_app.configure_jax()  # What every launch does (random numbers independent of sharding).
+
+
 def load_config(path: str, arg: str | None = None):
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, REPO / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  """`get_config(arg)` of config file `path` (scaled_ql.configs.load)."""
+  return _configs.load(f"{path}:{arg}" if arg else path)
 
 
 @pytest.fixture(scope="session")

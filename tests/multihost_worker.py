@@ -13,15 +13,10 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import importlib.util  # noqa: E402
-import pathlib  # noqa: E402
-
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scaled_ql import games, learner, networks, parallel  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from scaled_ql import app, configs, games, learner, networks, parallel  # noqa: E402
 
 
 def global_rows(step: int, batch: int, num_games: int, hosts: int):
@@ -38,13 +33,11 @@ def global_rows(step: int, batch: int, num_games: int, hosts: int):
 
 
 def main(out, process_id, num_processes, port, steps, model_axis, hosts):
-  spec = importlib.util.spec_from_file_location("pretrain_config", REPO / "configs/pretrain.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
+  config = configs.load("configs/pretrain.py:tiny")
   # The XLA:CPU runtime `launch.pretrain` gives this encoder (classic for Nature-CNN), so the
   # cross-process CPU collectives are tested on the runtime that training uses.
   print("XLA:CPU runtime:", parallel.select_cpu_runtime(config.model.encoder))
+  app.configure_jax()
   if num_processes > 1:
     parallel.initialize(f"localhost:{port}", num_processes, process_id)
   num_games = len(config.games)

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import load_config
-from launch import model_summary
+from scaled_ql.networks import summary as model_summary
 
 
 @pytest.mark.parametrize("depth,paper", [(34, 31e6), (50, 60e6), (101, 79e6)])

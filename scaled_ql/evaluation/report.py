@@ -17,10 +17,11 @@ import json
 import os
 from typing import Optional, Sequence
 
+from scaled_ql import run_meta
 from scaled_ql.evaluation import periodic, plots, results, tables
 
-METRICS_LOG = "metrics.jsonl"  # Written by launch.pretrain.
-ONLINE_LOG = "online.jsonl"  # Written by online fine-tuning (launch/online.py).
+METRICS_LOG = "metrics.jsonl"  # Written by the training loop (scaled_ql.train).
+ONLINE_LOG = "online.jsonl"  # Written by online fine-tuning (scaled_ql.train.online).
 
 
 @dataclasses.dataclass
@@ -77,10 +78,7 @@ def load_run(path: str, name: Optional[str] = None) -> Run:
   online = read_jsonl(os.path.join(workdir, ONLINE_LOG)) if workdir else []
   history = history + [{"step": r["step"], "online/episode_return": r["mean_return_last_20"]}
                        for r in online if r.get("mean_return_last_20") is not None]
-  config = {}
-  if workdir and os.path.isfile(os.path.join(workdir, "config.json")):
-    with open(os.path.join(workdir, "config.json")) as f:
-      config = json.load(f)
+  config = run_meta.read_config(workdir)
   return Run(name, results_path, dataclasses.replace(agent, label=name), baselines, checkpoint,
              workdir, history, evals, config)
 

@@ -1,14 +1,13 @@
 """Loads a pre-training checkpoint for evaluation: the network, its parameters and its games.
 
-Everything needed comes from the checkpoint itself (its `meta` item: model config, game list,
-loss kind), so no config file is needed; the workdir's `config.json`, where present, adds the
-C51 support. Only the online parameters are read (no Adam moments, no target network), and
+Everything needed comes from the checkpoint itself (its `meta` item, read by
+`scaled_ql.run_meta`: model config, game list, loss kind, value support), so no config file is
+needed; the workdir's `config.json`, where present, is passed along (the dataset it read). Only the online parameters are read (no Adam moments, no target network), and
 nothing in the checkpoint directory is written, renamed or moved: an unreadable checkpoint is an
 error here, not a reason to fall back silently to an older one (pre-training's resume does that).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, NamedTuple, Optional
@@ -17,10 +16,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from scaled_ql import games as games_lib
-from scaled_ql import checkpoints, losses, networks
+from scaled_ql import checkpoints, losses, networks, run_meta
 
 _STEP_DIR = re.compile(r"^\d+$")
-DEFAULT_V_RANGE = (-10.0, 10.0)  # configs/pretrain.py's C51 support; see `EvalCheckpoint`.
 
 
 class CheckpointError(ValueError):
@@ -30,7 +28,7 @@ class CheckpointError(ValueError):
 class EvalCheckpoint(NamedTuple):
   """A restored network, ready for `policy.make_greedy_policy`.
 
-  `v_min`/`v_max` come from the workdir's config.json, else the defaults; the greedy action does
+  `v_min`/`v_max` come from the metadata (`run_meta.describe`); the greedy action does
   not depend on them (the mean of a categorical distribution on evenly spaced atoms is an
   increasing affine function of the same mean on atoms 0..K-1), they only scale Q-values.
   """
@@ -98,13 +96,16 @@ def load(path: str) -> EvalCheckpoint:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"{where}: cannot read the run metadata ({type(e).__name__}: "
                             f"{str(e)[:200]}).") from e
-    if not isinstance(meta, dict) or not {"model", "games", "loss_kind"} <= set(meta):
-      raise CheckpointError(f"{where}: the metadata lacks model / games / loss_kind: {meta!r}.")
+    config = run_meta.read_config(workdir)
     try:
-      head_games = tuple(g.name for g in games_lib.get_games(meta["games"]))
-      if meta["loss_kind"] not in losses.LOSS_KINDS:
-        raise ValueError(f"unknown loss kind {meta['loss_kind']!r}")
-      model = networks.build_q_network(meta["model"], len(head_games))
+      described = run_meta.describe(meta, config)
+    except ValueError as e:
+      raise CheckpointError(f"{where}: {e}") from e
+    try:
+      head_games = games_lib.canonical_names(described.games)
+      if described.loss_kind not in losses.LOSS_KINDS:
+        raise ValueError(f"unknown loss kind {described.loss_kind!r}")
+      model = networks.build_q_network(described.model, len(head_games))
     except ValueError as e:
       raise CheckpointError(f"{where}: the metadata describes no network this code can build: "
                             f"{e}") from e
@@ -139,12 +140,7 @@ def load(path: str) -> EvalCheckpoint:
   finally:
     if manager is not None:
       manager.close()
-  config = {}
-  if workdir and os.path.exists(os.path.join(workdir, "config.json")):
-    with open(os.path.join(workdir, "config.json")) as f:
-      config = json.load(f)
   return EvalCheckpoint(
-      model=model, params=state["params"], games=head_games, loss_kind=meta["loss_kind"],
-      step=int(step), checkpoint_dir=checkpoint_dir, workdir=workdir,
-      v_min=float(config.get("loss.v_min", DEFAULT_V_RANGE[0])),
-      v_max=float(config.get("loss.v_max", DEFAULT_V_RANGE[1])), config=config)
+      model=model, params=state["params"], games=head_games, loss_kind=described.loss_kind,
+      step=int(step), checkpoint_dir=checkpoint_dir, workdir=workdir, v_min=described.v_min,
+      v_max=described.v_max, config=config)

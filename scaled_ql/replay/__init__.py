@@ -18,7 +18,8 @@
 
 - `server`: `ReplayTables` (the "online", optional "offline" and "variables" tables, the
   transition signature), `start_server` / `ServerProcess` (`python -m scaled_ql.replay`),
-  `check_address`, `ReplayError`.
+  `check_address`, `checkpoint` (the tables' contents, restored by a server started on the
+  same directory), `ReplayError`.
 - `writer`: `TransitionWriter` (n-step transitions from interleaved env streams, exactly the
   targets of `scaled_ql.data.sampler.n_step_targets`), `insert_episodes` (RLDS episodes).
 - `dataset`: `ReplayBatches`, fixed-size `scaled_ql.data.Batch`es mixed from tables in fixed
@@ -32,5 +33,5 @@ from scaled_ql.replay.dataset import ReplayBatches, split_fractions
 from scaled_ql.replay.params import ParamsClient, fetch_params, publish_params
 from scaled_ql.replay.server import (OFFLINE, ONLINE, TRANSITION_FIELDS, VARIABLES,
                                      ReplayError, ReplayTables, ServerProcess, check_address,
-                                     server_info, start_server, transition_signature)
+                                     checkpoint, server_info, start_server, transition_signature)
 from scaled_ql.replay.writer import TransitionWriter, insert_episodes, n_step_return

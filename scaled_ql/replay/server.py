@@ -222,12 +222,15 @@ class ServerProcess:
     return f"ServerProcess(address={self.address!r}, pid={self.pid}, alive={self.alive()})"
 
 
-def start_server(port: int = 0, *, tables: ReplayTables,
-                 start_timeout_s: float = 120.0) -> ServerProcess:
+def start_server(port: int = 0, *, tables: ReplayTables, start_timeout_s: float = 120.0,
+                 checkpoint_dir: Optional[str] = None) -> ServerProcess:
   """Starts a Reverb server with `tables` in its own process; returns once it answers.
 
-  port 0 picks a free port. Raises ReplayError with the server's output if it dies on start,
-  or does not answer within `start_timeout_s` (it imports TensorFlow: seconds).
+  port 0 picks a free port. checkpoint_dir: where `checkpoint()` writes the tables' contents;
+  a server started on a directory that holds a checkpoint starts from the newest one (Reverb's
+  own checkpointing: items, priorities and rate-limiter counts). None: a temporary directory,
+  removed by `stop()`. Raises ReplayError with the server's output if it dies on start, or
+  does not answer within `start_timeout_s` (it imports TensorFlow: seconds).
   """
   if not isinstance(tables, ReplayTables):
     raise TypeError(f"tables must be a ReplayTables, got {type(tables).__name__}.")
@@ -240,7 +243,7 @@ def start_server(port: int = 0, *, tables: ReplayTables,
   env["CUDA_VISIBLE_DEVICES"] = ""  # The server never needs an accelerator.
   command = [sys.executable, "-m", "scaled_ql.replay", f"--port={int(port)}",
              f"--tables={tables.to_json()}", f"--ready_file={ready}",
-             f"--checkpoint_dir={os.path.join(run_dir, 'checkpoints')}",
+             f"--checkpoint_dir={checkpoint_dir or os.path.join(run_dir, 'checkpoints')}",
              f"--parent_pid={os.getpid()}"]
   with open(os.path.join(run_dir, "server.log"), "wb") as log:
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -269,6 +272,21 @@ def start_server(port: int = 0, *, tables: ReplayTables,
   except BaseException:
     server.stop()
     raise
+
+
+def checkpoint(address: str) -> str:
+  """Has the server at `address` write a checkpoint of its tables (it blocks while it writes)
+  and removes the older ones beside it. Returns the new checkpoint's path."""
+  try:
+    path = reverb.Client(address).checkpoint()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ReplayError(f"the Reverb server at {address} could not write a checkpoint "
+                      f"({type(e).__name__}: {e}).") from None
+  root, newest = os.path.split(os.path.normpath(path))
+  for name in os.listdir(root):
+    if name != newest and os.path.isdir(os.path.join(root, name)):
+      shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+  return path
 
 
 def serve(argv: Optional[Sequence[str]] = None) -> None:

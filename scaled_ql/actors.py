@@ -1,8 +1,8 @@
 r"""An actor of online fine-tuning: plays a game variant in the emulator, writes to Reverb.
 
-  python -m launch.actor --spec=WORKDIR/online/launch_0/spec.json --actor_id=0
+  python -m scaled_ql.actors --spec=WORKDIR/online/launch_0/spec.json --actor_id=0
 
-Started (and restarted) by `launch.finetune` in online mode; the spec (JSON, written by the
+Started (and restarted) by online fine-tuning (`scaled_ql.train.online`); the spec (JSON, written by the
 learner) says everything: the replay address, the game variant, the network, the exploration,
 the n-step return and this actor's share of the env-step budget. The loop: the newest
 parameters from the replay server's "variables" table (re-read every `poll_every` agent steps),
@@ -22,11 +22,7 @@ import signal
 import sys
 import time
 
-from absl import app, flags
 import numpy as np
-
-_SPEC = flags.DEFINE_string("spec", None, "The actor spec JSON written by launch.finetune.")
-_ACTOR_ID = flags.DEFINE_integer("actor_id", 0, "This actor's index (budget share, seeds).")
 
 
 def progress_path(spec_path: str, actor_id: int) -> str:
@@ -122,16 +118,23 @@ def run_actor(spec: dict, actor_id: int, progress_file: str) -> None:
   write(finished=True)
 
 
-def main(argv):
-  del argv
-  if not _SPEC.value:
-    raise app.UsageError("--spec is required.")
+def main(argv=None) -> None:
+  """`python -m scaled_ql.actors --spec=SPEC --actor_id=I`."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+
+  parser = argparse.ArgumentParser(prog="python -m scaled_ql.actors", description=__doc__)
+  parser.add_argument("--spec", required=True, help="The actor spec JSON of the online run.")
+  parser.add_argument("--actor_id", type=int, default=0,
+                      help="This actor's index (budget share, seeds).")
+  args = parser.parse_args(argv)
+  # Library INFO logs hidden: the learner prints this log's tail on a crash.
+  logging.set_verbosity(logging.WARNING)
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # Stopped by the learner: quietly.
-  with open(_SPEC.value) as f:
+  with open(args.spec) as f:
     spec = json.load(f)
-  run_actor(spec, _ACTOR_ID.value, progress_path(_SPEC.value, _ACTOR_ID.value))
+  run_actor(spec, args.actor_id, progress_path(args.spec, args.actor_id))
 
 
 if __name__ == "__main__":
-  from launch import common  # pylint: disable=g-import-not-at-top
-  common.run(main)  # Library INFO logs hidden: the learner prints this log's tail on a crash.
+  main()

@@ -27,10 +27,9 @@ Sources: [SQL] Kumar et al., ICLR 2023 (Sec. 5.2-5.3); [DOP] Dopamine's C51 defa
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
+
+from scaled_ql.configs import pretrain
 
 HELDOUT = ("alien", "ms_pacman", "pong", "space_invaders", "star_gunner")  # [SQL] Sec. 5.2.
 # [SQL] Sec. 5.3 fine-tunes online on variants (ALE modes / difficulties) of these games; the
@@ -41,16 +40,8 @@ ONLINE_PRESETS = ("online_cpu",) + tuple(f"online_{g}" for g in VARIANTS)
 PRESETS = OFFLINE_PRESETS + ONLINE_PRESETS
 
 
-def _pretrain_base() -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
-  spec = importlib.util.spec_from_file_location("pretrain_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("paper_resnet101")
-
-
 def _base() -> ml_collections.ConfigDict:
-  c = _pretrain_base()
+  c = pretrain.get_config("paper_resnet101")
   c.finetune = ml_collections.ConfigDict()
   c.finetune.backbone = ""  # artifact directory (launch.export); --backbone sets it too.
   c.finetune.init = "pretrained"  # "pretrained" | "scratch".

@@ -1,0 +1,97 @@
+"""Run metadata: what a checkpoint's parameters mean, written and read here only.
+
+Every checkpoint carries `meta` (checkpoints.Checkpointer): the model config, the game list,
+the loss kind and its value support (v_min, v_max), plus job-specific entries (fine-tuning's
+init and artifact hash). A resumed run must agree with it (`check_resume_compatible`);
+evaluation and export rebuild the network from it alone (`describe`). The workdir also gets
+`config.json`, the whole flat config, for people and for reports (which dataset, which runs).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, NamedTuple, Optional
+
+CONFIG_FILE = "config.json"
+# The C51 support of checkpoints written before the metadata held it (configs/pretrain.py's).
+DEFAULT_V_RANGE = (-10.0, 10.0)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'model.depth': 34, ...}: a config as flat key/values, for logs and comparisons."""
+  out = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def build(config, extra: Optional[dict] = None) -> dict:
+  """The metadata of a run of `config` (games already canonical), with `extra` entries."""
+  return dict(model=flatten(config.model.to_dict()), games=list(config.games),
+              loss_kind=config.loss.kind, v_range=[float(config.loss.v_min),
+                                                   float(config.loss.v_max)], **(extra or {}))
+
+
+def check_resume_compatible(saved: dict, current: dict, workdir: str) -> None:
+  """Raises ValueError naming every difference that makes `saved` another run than `current`."""
+  if saved.get("games") != current["games"]:
+    raise ValueError(f"{workdir} holds a checkpoint trained on games {saved.get('games')}, but "
+                     f"config.games is {current['games']}. Use another --workdir.")
+  diffs = [f"model.{k}: checkpoint {saved.get('model', {}).get(k)!r} vs config {v!r}"
+           for k, v in current["model"].items() if saved.get("model", {}).get(k) != v
+           and k != "dtype"]
+  if saved.get("loss_kind") != current["loss_kind"]:
+    diffs.append(f"loss.kind: checkpoint {saved.get('loss_kind')!r} vs config "
+                 f"{current['loss_kind']!r}")
+  if diffs:
+    raise ValueError(f"{workdir} holds a checkpoint of another architecture ("
+                     + "; ".join(diffs) + "). Use another --workdir.")
+  # v_range: older checkpoints lack it; other job entries (e.g. "finetune") must agree.
+  for key in sorted(set(current) - {"games", "model", "loss_kind"}):
+    if key in saved or key != "v_range":
+      if saved.get(key) != current[key]:
+        raise ValueError(f"{workdir} holds a run with {key} {saved.get(key)!r}, but this run "
+                         f"has {current[key]!r}. Use another --workdir.")
+
+
+def write_config(workdir: str, config) -> str:
+  """WORKDIR/config.json: the whole config, flat. Returns its path."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path, "w") as f:
+    json.dump(flatten(config.to_dict()), f, indent=1)
+  return path
+
+
+def read_config(workdir: Optional[str]) -> dict:
+  """The flat config.json of `workdir` ({} when there is none)."""
+  path = os.path.join(workdir, CONFIG_FILE) if workdir else ""
+  if not path or not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+class Described(NamedTuple):
+  """What evaluation and export need from a checkpoint's metadata."""
+  model: dict
+  games: tuple[str, ...]
+  loss_kind: str
+  v_min: float
+  v_max: float
+
+
+def describe(meta: dict, config: Optional[dict] = None) -> Described:
+  """The network's description from checkpoint metadata; ValueError when fields are missing.
+  Checkpoints written before the metadata held the value support take it from the workdir's
+  flat `config` (read_config), else DEFAULT_V_RANGE."""
+  if not isinstance(meta, dict) or not {"model", "games", "loss_kind"} <= set(meta):
+    raise ValueError(f"the metadata lacks model / games / loss_kind: {meta!r}.")
+  config = config or {}
+  v_min, v_max = meta.get("v_range") or (config.get("loss.v_min", DEFAULT_V_RANGE[0]),
+                                         config.get("loss.v_max", DEFAULT_V_RANGE[1]))
+  return Described(dict(meta["model"]), tuple(meta["games"]), meta["loss_kind"], float(v_min),
+                   float(v_max))
