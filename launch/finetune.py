@@ -16,7 +16,7 @@ from absl import app, flags
 
 from scaled_ql import app as app_lib
 from scaled_ql import errors, train
-from scaled_ql.train import finetune as finetune_lib
+from scaled_ql.train import finetuning
 
 _CONFIG = app_lib.config_flag(help_text="configs/finetune.py:PRESET.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, results.")
@@ -32,7 +32,7 @@ def main(argv):
     raise app.UsageError("--config=configs/finetune.py:PRESET and --workdir are required.")
   backbone = _BACKBONE.value or config.finetune.backbone
   with errors.input_checks():  # Before JAX starts: its CPU runtime is the artifact's encoder's.
-    info = finetune_lib.check(config, backbone)
+    info = finetuning.check(config, backbone)
   app_lib.start_jax(_DISTRIBUTED, info["architecture"]["encoder"])
   train.finetune(config, workdir, backbone, info)
 

@@ -148,3 +148,69 @@ def test_bad_online_input(repo, pretrained, tmp_path):
   assert "replay server at" not in result.stdout  # Nothing was started.
   for d in "abcd":
     assert not os.path.exists(tmp_path / d / "checkpoints")
+
+
+def _table_sizes(address):
+  import reverb  # pylint: disable=g-import-not-at-top
+  info = reverb.Client(address).server_info(10)
+  return {name: int(info[name].current_size) for name in ("online", "offline") if name in info}
+
+
+def test_a_killed_online_run_resumes_with_its_replay(repo, pretrained, tmp_path):
+  """SIGKILL of the whole run (learner, server, actors) once the actors have spent a 600-step
+  budget and a checkpoint was taken after that (the tables are then still: no limiter, so the
+  learner trains on); the rerun starts the server from the replay checkpoint and holds exactly
+  the transitions counted on the server before the kill, without seeding again."""
+  workdir = str(tmp_path / "run")
+  args = _args(pretrained, workdir, "--config.online.env_steps=600",
+               "--config.online.samples_per_insert=0", "--config.num_steps=100000",
+               "--config.checkpoint_every=50", "--config.online.offline_transitions=200",
+               f"--config.data.data_dir={pretrained['data']}")
+  out_path = tmp_path / "out.txt"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  log = open(out_path, "w")  # pylint: disable=consider-using-with
+  process = subprocess.Popen([sys.executable, "-m", "launch.finetune", *args], cwd=repo, env=env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+  try:
+    out = lambda: out_path.read_text()
+    address = _wait_for(lambda: re.search(r"replay server at (\S+)", out()), 240, "the server",
+                        process, out_path).group(1)
+
+    def actors_done():
+      path = os.path.join(workdir, "online.jsonl")
+      if not os.path.exists(path):
+        return None
+      with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+      return lines[-1]["step"] if lines and lines[-1]["env_steps"] >= 600 else None
+
+    done_at = _wait_for(actors_done, 300, "the actors to spend their budget", process, out_path)
+    ckpts = os.path.join(workdir, "checkpoints")
+    _wait_for(lambda: any(int(s) > done_at + 50 for s in os.listdir(ckpts) if s.isdigit()), 240,
+              "a checkpoint after the actors finished", process, out_path)
+    before = _table_sizes(address)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+    log.close()
+  assert before == {"online": 600, "offline": 200}, before
+  assert os.listdir(os.path.join(workdir, "replay")), "no replay checkpoint was written"
+
+  log = open(tmp_path / "again.txt", "w")  # pylint: disable=consider-using-with
+  again = subprocess.Popen([sys.executable, "-m", "launch.finetune", *args], cwd=repo, env=env,
+                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+  try:
+    restored = _wait_for(lambda: re.search(r"replay restored: ([\d,]+) online transitions, "
+                                           r"([\d,]+) offline", (tmp_path / "again.txt")
+                                           .read_text()), 240, "the replay restored", again,
+                         tmp_path / "again.txt")
+  finally:
+    os.killpg(again.pid, signal.SIGKILL)
+    again.wait()
+    log.close()
+  text = (tmp_path / "again.txt").read_text()
+  assert "resumed from step" in text and "seeded the" not in text, text[-3000:]
+  assert (int(restored.group(1).replace(",", "")),
+          int(restored.group(2).replace(",", ""))) == (before["online"], before["offline"])

@@ -5,13 +5,13 @@
   offline    `OfflineData`: the offline sampler over config.data (the default hooks);
   online     `train_online`, `OnlineHooks`: Reverb replay server, actor processes, the learner;
   actor_pool the actor processes of an online run (start, watch, restart, stop);
-  finetune   `finetune(config, workdir, backbone)`: heads and backbone from an exported artifact;
+  finetuning `finetune(config, workdir, backbone)`: heads and backbone from an exported artifact;
   periodic   evaluation during training;  metrics  progress bar, TensorBoard, metrics.jsonl.
 
 `pretrain(config, workdir)` is the pre-training job. Library calls raise exceptions: bad input
 is `scaled_ql.errors.InputError`, raised before long work starts.
 """
-from scaled_ql.train.finetune import finetune
+from scaled_ql.train.finetuning import finetune
 from scaled_ql.train.loop import BatchStream, Hooks, Result, train
 from scaled_ql.train.offline import OfflineData
 
