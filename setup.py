@@ -46,7 +46,7 @@ setup(
     name="scaled-ql",
     version="0.1.0",
     description="Pre-training generalist Atari agents with offline Q-learning (Scaled QL) in JAX/Flax.",
-    packages=find_packages(include=["scaled_ql", "scaled_ql.*"]),
+    packages=find_packages(include=["scaled_ql", "scaled_ql.*", "launch"]),
     python_requires=">=3.11,<3.12",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -170,7 +170,8 @@ def train(config, workdir: str, *, what: str = "pre-training", hooks: Optional[H
       if host_batch is None:
         break
       step += 1
-      state, step_metrics = update(state, parallel.global_batch(host_batch, mesh))
+      with jax.transfer_guard_device_to_host("disallow"):  # Dispatch only: no hidden reads.
+        state, step_metrics = update(state, parallel.global_batch(host_batch, mesh))
       hooks.on_step(step, state)
       last = step == config.num_steps
       bar.update()
