@@ -16,8 +16,7 @@ export JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2
 step() { echo; echo "== $*"; }
 
 step "wheel from $REPO"
-"$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation -w "$WORK/dist" "$REPO" \
-  || "$PYTHON" -m pip wheel --quiet --no-deps -w "$WORK/dist" "$REPO"
+"$PYTHON" -m pip wheel --quiet --no-deps -w "$WORK/dist" "$REPO"
 WHEEL="$(ls "$WORK"/dist/scaled_ql-*.whl)"
 echo "$WHEEL"
 step "fresh virtualenv in $WORK/venv"
