@@ -6,6 +6,12 @@ From the emulator, with a behaviour policy:
       --checkpoints_per_run=3 --steps_per_checkpoint=10000 --policy=random --seed=0 \
       --data_dir=data/atari
 
+Logged-agent data: an online C51 agent learns each game from scratch; every transition it plays
+is kept, its training run cut into checkpoints (resumable: rerun the same command):
+
+  python -m launch.make_dataset --source=agent --games=boxing,krull --runs=1 \
+      --checkpoints_per_run=10 --steps_per_checkpoint=5000 --data_dir=data/agent
+
 From DQN Replay Dataset files of one game-run (e.g. gs://atari-replay-datasets/dqn/Pong/1):
 
   python -m launch.make_dataset --source=dqn_replay --replay_dir=dqn/Pong/1 --game=pong --run=1 \
@@ -14,16 +20,23 @@ From DQN Replay Dataset files of one game-run (e.g. gs://atari-replay-datasets/d
 Output: `{data_dir}/{dataset_name}/{AleName}_run_{k}/{version}/`, one split per checkpoint,
 readable by `scaled_ql.data.read_episodes` and `tfds.builder_from_directory`. Prepared TFDS
 `rlu_atari*` folders need no conversion: point the reader at them. The jobs are
-`scaled_ql.data.make.make_ale` / `make_dqn_replay` (checks first, atomic outputs).
+`scaled_ql.data.make.make_ale` / `make_dqn_replay` and
+`scaled_ql.train.logged_agent.make_agent_datasets` (checks first, atomic outputs).
 """
 from __future__ import annotations
 
 from absl import app, flags
 
 from scaled_ql import app as app_lib
+from scaled_ql import configs
 from scaled_ql.data import dqn_replay, make, rlds
+from scaled_ql.train import logged_agent
 
-_SOURCE = flags.DEFINE_enum("source", "ale", ["ale", "dqn_replay"], "Where episodes come from.")
+_SOURCE = flags.DEFINE_enum("source", "ale", ["ale", "agent", "dqn_replay"],
+                            "Where episodes come from: a behaviour policy in the emulator (ale), "
+                            "an online agent learning each game (agent), DQN Replay files.")
+_AGENT_CONFIG = flags.DEFINE_string("agent_config", "configs/agent.py:default",
+                                    "agent: the online agent's config file and preset.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Output TFDS data_dir.", required=True)
 _DATASET_NAME = flags.DEFINE_string(
     "dataset_name", None, f"Output dataset name (default: {rlds.DEFAULT_DATASET_NAME!r} for "
@@ -65,7 +78,14 @@ _CHECKPOINTS = flags.DEFINE_list("checkpoints", None,
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _SOURCE.value == "ale":
+  if _SOURCE.value == "agent":
+    logged_agent.make_agent_datasets(
+        configs.load(_AGENT_CONFIG.value), _DATA_DIR.value, _GAMES.value, _RUNS.value,
+        checkpoints_per_run=_CHECKPOINTS_PER_RUN.value,
+        steps_per_checkpoint=_STEPS_PER_CHECKPOINT.value, seed=_SEED.value,
+        dataset_name=_DATASET_NAME.value or logged_agent.DATASET_NAME,
+        overwrite=_OVERWRITE.value, skip_existing=_SKIP_EXISTING.value)
+  elif _SOURCE.value == "ale":
     make.make_ale(
         _DATA_DIR.value, _GAMES.value, runs=_RUNS.value,
         checkpoints_per_run=_CHECKPOINTS_PER_RUN.value,

@@ -13,7 +13,7 @@ import os
 
 import ml_collections
 
-PACKAGED = ("pretrain", "finetune")
+PACKAGED = ("pretrain", "finetune", "agent")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
