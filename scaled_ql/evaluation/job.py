@@ -115,15 +115,18 @@ def check(r: Request) -> Checked:
   return Checked(checkpoint, tuple(games), behaviour, variant, out)
 
 
-def evaluate(r: Request, progress=None) -> tuple[results.Evaluation, list, dict]:
+def evaluate(r: Request, progress=None, verbose: bool = True
+             ) -> tuple[results.Evaluation, list, dict]:
   """The job: (the agent's Evaluation, baselines, {kind: path written}). `progress(total,
-  desc, unit)` makes a progress bar (tqdm-like: update, close); None shows none."""
+  desc, unit)` makes a progress bar (tqdm-like: update, close); None shows none. verbose:
+  print the settings line and the tables (else only the files are written)."""
+  say = print if verbose else (lambda *a, **k: None)
   c = check(r)
   checkpoint, games = c.checkpoint, c.games
   max_steps = r.max_steps_per_episode or None
   protocol = dict(epsilon=r.epsilon, envs_per_game=r.envs_per_game, seed=r.seed,
                   max_steps_per_episode=max_steps, num_workers=r.num_workers, **c.variant)
-  print(f"evaluating {checkpoint.checkpoint_dir} step {checkpoint.step} ({checkpoint.loss_kind}, "
+  say(f"evaluating {checkpoint.checkpoint_dir} step {checkpoint.step} ({checkpoint.loss_kind}, "
         f"{len(checkpoint.games)} heads) on {len(games)} games x {r.episodes} episodes; "
         f"epsilon {r.epsilon}, sticky actions 0.25, "
         + (f"episodes cut at {max_steps} steps" if max_steps else "108,000-frame cap")
@@ -154,16 +157,16 @@ def evaluate(r: Request, progress=None) -> tuple[results.Evaluation, list, dict]
 
   # -- Tables and files. -----------------------------------------------------------------
   everything = [agent, *baselines]
-  print("\n" + tables.game_table(agent))
+  say("\n" + tables.game_table(agent))
   if baselines:
-    print("\n" + tables.comparison_table(everything))
-  print("\n" + tables.aggregate_table(everything))
+    say("\n" + tables.comparison_table(everything))
+  say("\n" + tables.aggregate_table(everything))
   for note in tables.notes(everything):
-    print(f"- {note}")
+    say(f"- {note}")
   info = dict(path=checkpoint.checkpoint_dir, step=checkpoint.step, workdir=checkpoint.workdir,
               games=list(checkpoint.games), loss_kind=checkpoint.loss_kind)
   paths = results.write(c.out, agent, baselines, checkpoint=info)
-  print(f"\nwrote {', '.join(paths.values())}", flush=True)
+  say(f"\nwrote {', '.join(paths.values())}", flush=True)
   return agent, baselines, paths
 
 

@@ -1,0 +1,58 @@
+"""`launch.reproduce` end to end at test size: every stage, every report file, the claims table,
+cached stages on a rerun, and bad plans refused before any work."""
+import dataclasses
+import os
+
+import pytest
+
+from scaled_ql import errors, reproduce
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("reproduce"))
+  log = []
+  paths = reproduce.reproduce(workdir, reproduce.plan("test"), log=log.append)
+  return workdir, paths, log
+
+
+def test_every_stage_and_report_file(reproduced):
+  workdir, paths, log = reproduced
+  for kind in ("markdown", "per_game_csv", "aggregates_csv", "claims_csv", "aggregates",
+               "per_game", "curves"):
+    assert os.path.getsize(paths[kind]) > 0, kind
+  for stage in ("data", "pretrain/scaled_ql_low", "pretrain/bc_all", "size/s",
+                "transfer/offline_pretrained", "transfer/online_scratch",
+                "eval/pretrain/scaled_ql_low"):
+    assert os.path.exists(os.path.join(workdir, stage, reproduce.STAGE_FILE)), stage
+  assert any(line.startswith("reproduce: 2 training games") and "estimated" in line
+             for line in log)
+  md = open(paths["markdown"]).read()
+  assert "| claim | paper | here | holds at this scale? |" in md
+  assert "Scaled QL > behaviour data (low-quality split, IQM)" in md
+  assert "behaviour data, low" in md and "behaviour data, all" in md
+  assert "## Score against parameters" in md
+  with open(paths["claims_csv"]) as f:
+    assert f.readline().startswith("claim,paper,here,holds at this scale?")
+
+
+def test_a_rerun_keeps_finished_stages_and_other_settings_are_refused(reproduced):
+  workdir, _, _ = reproduced
+  log = []
+  reproduce.reproduce(workdir, reproduce.plan("test"), log=log.append)
+  assert "[data] done before: kept" in log and not any("running" in line for line in log)
+  with pytest.raises(errors.InputError, match="data was made with other settings.*seed"):
+    reproduce.reproduce(workdir, reproduce.plan("test", seed=1), log=log.append)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(train_games=("boxing", "breakoutt")), "unknown game 'breakoutt'"),
+    (dict(agent_steps_per_checkpoint=1), "less than one step"),
+    (dict(variant=("breakout", 99, 0)), "breakout has no variant mode 99"),
+    (dict(agent_checkpoints=3), "no low-quality split"),
+])
+def test_bad_plans_fail_before_any_work(tmp_path, change, message):
+  p = dataclasses.replace(reproduce.plan("test"), **change)
+  with pytest.raises(errors.InputError, match=message):
+    reproduce.reproduce(str(tmp_path / "w"), p, log=lambda _: None)
+  assert not os.path.exists(tmp_path / "w" / "data")
