@@ -9,7 +9,7 @@ own network, loss and update step (`scaled_ql.learner`), acting epsilon-greedily
 `VectorAtariEnv`, learning from a FIFO replay of its most recent episodes (`data.FramePool`).
 
 Presets:
-  default  CPU budget: Nature-CNN, 1 update per 4 env steps, batch 32.
+  default  CPU budget: Nature-CNN, 1 emulator, 1 update per 4 env steps, batch 32.
   tiny     tests: a smaller network, short warm-up.
 
 Sources: [DQN] Mnih et al. 2015 (replay ratio 1 update / 4 env steps, epsilon to 0.01 over the
@@ -45,7 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 32  # [DQN]
   c.update_every = 4  # env steps (all envs together) per gradient update. [DQN] 4.
   c.target_update_period = 500  # gradient steps. [DER] faster than [DQN]'s 10k frames.
-  c.num_envs = 4  # emulators stepped together (one policy call for all).
+  # Emulators stepped together. [DQN] plays 1; more means more parallel episodes, but the replay
+  # only receives finished episodes, so the first updates wait for num_envs x episode length.
+  c.num_envs = 1
   c.replay_frames = 100_000  # the FIFO replay of recent episodes, in frames (~7 KB each).
   c.min_replay_transitions = 1_600  # warm-up before the first update. [DER] 1,600.
   c.epsilon_start = 1.0  # [DQN]
@@ -59,5 +61,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.target_update_period = 20
     c.num_envs = 2
     c.replay_frames = 5_000
-    c.max_episode_frames = 2_000
+    c.max_episode_frames = 400  # 100 agent steps: several episodes per test checkpoint.
   return c

@@ -3,23 +3,27 @@ plays is the dataset, its training run cut into checkpoints (as the DQN Replay D
 replay of DQN agents learning, in 50 checkpoints).
 
 One game-run: `num_checkpoints` segments of `steps_per_checkpoint` env steps (all emulators
-together). Segment c starts `config.num_envs` fresh emulators (seeded by seed, game, run, c),
+together, rounded up to whole vector steps). `config.num_envs` emulators play the whole run;
 the agent acts epsilon-greedily with its current parameters (epsilon falls linearly over the
 first `epsilon_decay_fraction` of the run), every finished episode goes into the agent's FIFO
 replay (`data.FramePool`, the offline sampler's pool, so n-step targets are computed exactly as
-offline) and into the segment's episodes; an update (`learner`, C51 with the config's loss)
-runs every `update_every` env steps once the replay holds `min_replay_transitions`. Episodes
-still running when the segment's budget is spent are closed as truncated, as in
-`data.generate`. The data: `{data_dir}/{dataset_name}/{Game}_run_{k}/` (RLDS, one split per
-checkpoint), written atomically when the last segment is done.
+offline) and into the checkpoint in which it ends (episodes run on across checkpoint
+boundaries, as in a replay buffer saved at each checkpoint); an update (`learner`, C51 with
+the config's loss) runs every `update_every` env steps once the replay holds
+`min_replay_transitions`. The run's last step closes the episodes still running as truncated.
+The data: `{data_dir}/{dataset_name}/{Game}_run_{k}/` (RLDS, one split per checkpoint),
+written atomically when the last segment is done, with `agent_returns.json` beside it.
 
 Resume. After each segment the job keeps, in `{data_dir}/{dataset_name}/.agent-{Game}_run_{k}/`:
 the segment's episodes (`segment_NN.npz`), the train state (Orbax), and `progress.json` (the
 segment's returns, updates, env steps). A killed run, rerun with the same command, restores the
 newest complete segment's state, rebuilds the replay from the kept episodes (the FIFO replay
-holds exactly the newest episodes, which are those) and plays the next segment: the segment in
-progress at the kill is played again from its start, with the same seeds, so the result is the
-uninterrupted run's. A staging folder made with other settings is refused.
+holds exactly the newest episodes, which are those) and goes on with the next segment on new
+emulators (seeded by seed, game, run and that segment). What is kept: every complete segment,
+bit for bit, and the agent as it was at its end. What is lost: the segment in progress at the
+kill, and the episodes that were running at the last complete segment's end (their first part
+was never written); the rest of the run is therefore not the uninterrupted run's, but it is
+the same kind of data. A staging folder made with other settings is refused.
 """
 from __future__ import annotations
 
@@ -199,19 +203,20 @@ def run_agent(config, data_dir: str, game: str, run: int, *, num_checkpoints: in
   game_id = np.zeros(config.batch_size, np.int32)
 
   try:
-    for c in range(len(segments), num_checkpoints):
-      env_seeds, rng = _segment_seeds(seed, info, run, c, config.num_envs)
-      batch_rng = np.random.default_rng([int(seed), zlib.crc32(info.name.encode()), int(run), c,
-                                         7])
-      played = _Episodes()
-      n = config.num_envs
-      specs = [envs.EnvSpec(info.name, s) for s in env_seeds]
-      with envs.VectorAtariEnv(specs, max_episode_frames=config.max_episode_frames) as vec:
-        observation = vec.reset()
-        current = [dict(frames=[observation[i, ..., -1]], actions=[], rewards=[])
-                   for i in range(n)]
-        budget, since_update = steps_per_checkpoint, 0
-        returns = []
+    first = len(segments)
+    n = config.num_envs
+    env_seeds, rng = _segment_seeds(seed, info, run, first, n)
+    batch_rng = np.random.default_rng([int(seed), zlib.crc32(info.name.encode()), int(run),
+                                       first, 7])
+    specs = [envs.EnvSpec(info.name, s) for s in env_seeds]
+    with envs.VectorAtariEnv(specs, max_episode_frames=config.max_episode_frames) as vec:
+      observation = vec.reset()
+      current = [dict(frames=[observation[i, ..., -1]], actions=[], rewards=[])
+                 for i in range(n)]
+      since_update = 0
+      for c in range(first, num_checkpoints):
+        played, returns = _Episodes(), []
+        budget = steps_per_checkpoint
         while budget > 0:
           epsilon = epsilon_at(config, env_steps, total)
           greedy = policy_lib.make_greedy_policy(
@@ -220,16 +225,17 @@ def run_agent(config, data_dir: str, game: str, run: int, *, num_checkpoints: in
           actions = np.asarray(greedy(observation, np.zeros(n, np.int32)), np.int64)
           explore = rng.random(n) < epsilon
           actions[explore] = rng.integers(info.num_actions, size=int(explore.sum()))
-          observation, reward, terminated, truncated, step_info = vec.step(actions)
-          taken = n
+          observation, reward, terminated, _, step_info = vec.step(actions)
           budget -= n
+          run_ends = budget <= 0 and c == num_checkpoints - 1
           for i in range(n):
             ep = current[i]
             ep["actions"].append(int(actions[i]))
             ep["rewards"].append(float(reward[i]))
             ep["frames"].append(step_info["next_observation"][i, ..., -1])
-            last = budget <= 0
-            if step_info["episode_done"][i] or last:
+            if step_info["episode_done"][i] or run_ends:
+              # An episode belongs to the checkpoint in which it ends (as in a replay buffer
+              # saved at each checkpoint); the run's last step closes the rest as truncated.
               ended = bool(terminated[i])
               played.add(ep["frames"], ep["actions"], ep["rewards"], ended)
               pool.add(rlds.make_episode(np.stack(ep["frames"]), ep["actions"] + [0],
@@ -238,8 +244,8 @@ def run_agent(config, data_dir: str, game: str, run: int, *, num_checkpoints: in
               if ended:
                 returns.append(float(np.sum(ep["rewards"])))
               current[i] = dict(frames=[observation[i, ..., -1]], actions=[], rewards=[])
-          env_steps += taken
-          since_update += taken
+          env_steps += n
+          since_update += n
           while since_update >= config.update_every:
             since_update -= config.update_every
             if pool.num_transitions < config.min_replay_transitions:
@@ -248,15 +254,17 @@ def run_agent(config, data_dir: str, game: str, run: int, *, num_checkpoints: in
                 _sample(pool, batch_rng, config.batch_size, game_id), mesh))
             updates += 1
           if progress is not None:
-            progress(taken, dict(checkpoint=c, eps=f"{epsilon:.3f}", updates=updates,
-                                 ret=f"{np.mean(returns[-10:]):.1f}" if returns else "-"))
-      played.save(os.path.join(stage, f"segment_{c:02d}.npz"))
-      segments.append(Segment(c, env_steps, updates, len(played.actions),
-                              int(sum(played.terminated)),
-                              float(np.mean(returns)) if returns else float("nan"), epsilon))
-      _write_progress(stage, wanted, segments)
-      ckpt.save(len(segments), state, {"hosts": []}, {"segments": len(segments)}, force=True)
-      ckpt.wait()
+            progress(n, dict(checkpoint=c, eps=f"{epsilon:.3f}", updates=updates,
+                             ret=f"{np.mean(returns[-10:]):.1f}" if returns else "-"))
+        played.save(os.path.join(stage, f"segment_{c:02d}.npz"))
+        segments.append(Segment(c, env_steps, updates, len(played.actions),
+                                int(sum(played.terminated)),
+                                float(np.mean(returns)) if returns else float("nan"),
+                                epsilon))
+        _write_progress(stage, wanted, segments)
+        ckpt.save(len(segments), state, {"hosts": []}, {"segments": len(segments)},
+                  force=True)
+        ckpt.wait()
   finally:
     ckpt.close()
 
