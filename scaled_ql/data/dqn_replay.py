@@ -57,10 +57,9 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import numpy as np
 
 from scaled_ql.data import rlds
+from scaled_ql.frames import FRAME_SHAPE, STACK_SIZE
 from scaled_ql.games import Game, get_game
 
-FRAME_SHAPE = (84, 84)
-STACK_SIZE = 4
 DATASET_NAME = "dqn_replay"
 STORE_KEYS = ("observation", "action", "reward", "terminal")
 OTHER_KEYS = ("add_count", "invalid_range")

@@ -46,26 +46,23 @@ Speed. A batch is one `searchsorted` per game to map uniform draws to (episode, 
 fancy-index gather per stack slot, and lookups of the precomputed n-step arrays: ~29k
 transitions/s on one core at batch 512 (`python -m launch.benchmark --what=sampler`). Most of
 that time is NumPy interleaving single frames into [B, 84, 84, 4] (strided byte copies).
-`Prefetcher` runs a sampler in a background thread a few batches ahead, so sampling overlaps
-the learner's device step; it gives the same batches and a state that resumes exactly.
+`scaled_ql.data.prefetch.Prefetcher` runs a sampler in a background thread a few batches ahead,
+so sampling overlaps the learner's device step; it gives the same batches and a state that
+resumes exactly.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import math
-import queue
-import threading
-from fractions import Fraction
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from scaled_ql.data.batch import Batch, split_batch
+from scaled_ql.frames import FRAME_SHAPE, STACK_SIZE
 from scaled_ql.games import Game, get_game
-from scaled_ql.data.batch import Batch
 
-FRAME_SHAPE = (84, 84)
-STACK_SIZE = 4
 STATE_VERSION = 1
 
 Episode = Mapping[str, Any]
@@ -346,35 +343,6 @@ class FramePool:
         out[..., j] = self._frames[index[:, j]]
 
 
-def split_batch(batch_size: int, weights: Sequence[float], games: Sequence[str]) -> tuple[int, ...]:
-  """Per-game sample counts: batch_size x weight / sum(weights), each a whole number >= 1."""
-  if int(batch_size) != batch_size or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-  if len(weights) != len(games):
-    raise ValueError(f"game_weights has {len(weights)} entries for {len(games)} games "
-                     f"{list(games)}.")
-  try:
-    fractions = [Fraction(w).limit_denominator(10**6) for w in weights]
-  except (TypeError, ValueError):
-    raise ValueError(f"game_weights must be numbers, got {list(weights)}.") from None
-  bad = [g for g, w in zip(games, fractions) if w <= 0]
-  if bad:
-    raise ValueError(f"game_weights must be > 0; got {dict(zip(games, weights))} (a game with "
-                     f"no samples has no place in config.games): {bad}.")
-  total = sum(fractions)
-  counts = [batch_size * w / total for w in fractions]
-  uneven = {g: float(c) for g, c in zip(games, counts) if c.denominator != 1}
-  if uneven:
-    unit = math.lcm(*[(w / total).denominator for w in fractions])
-    below, above = (batch_size // unit) * unit, (batch_size // unit + 1) * unit
-    hint = f"{below} or {above}" if below else f"{above}"
-    raise ValueError(f"batch_size {batch_size} cannot be split by game_weights into whole "
-                     f"per-game counts (the per-game counts must be constant for the blocked "
-                     f"head): {uneven}. Use a batch size that is a multiple of {unit}, e.g. "
-                     f"{hint}, or give integer per-game counts as weights.")
-  return tuple(int(c) for c in counts)
-
-
 class _Stream:
   """One game's position in its episode source (raw positions count filtered episodes too)."""
 
@@ -608,78 +576,3 @@ class MultiGameSampler:
                          f"the saved state has {want}: the source is not the one the state was "
                          f"saved with.")
     self._filled = True
-
-
-class Prefetcher:
-  """Runs `sampler`'s batches in a background thread, up to `depth` ahead, in step order.
-
-  Same batches as the sampler alone; `state_dict()` is the state after the last batch returned,
-  so saving it beside a checkpoint resumes exactly. Call `close()` (or use `with`).
-  """
-
-  def __init__(self, sampler: MultiGameSampler, depth: int = 2):
-    if depth < 1:
-      raise ValueError(f"prefetch depth must be >= 1, got {depth}.")
-    self._sampler, self._depth = sampler, depth
-    self._thread = None
-    self._start()
-
-  def _start(self) -> None:
-    self._state = self._sampler.state_dict()
-    self._queue: queue.Queue = queue.Queue(self._depth)
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._produce, name="sampler-prefetch", daemon=True)
-    self._thread.start()
-
-  def _put(self, item) -> None:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return
-      except queue.Full:
-        pass
-
-  def _produce(self) -> None:
-    try:
-      while not self._stop.is_set():
-        self._put((next(self._sampler), self._sampler.state_dict()))
-    except BaseException as e:  # pylint: disable=broad-except
-      self._put(e)
-
-  def __iter__(self) -> "Prefetcher":
-    return self
-
-  def __next__(self) -> Batch:
-    if self._thread is None:
-      raise RuntimeError("the Prefetcher is closed.")
-    item = self._queue.get()
-    if isinstance(item, BaseException):
-      self.close()
-      raise item
-    batch, self._state = item
-    return batch
-
-  def state_dict(self) -> dict:
-    return self._state
-
-  def load_state_dict(self, state: Mapping[str, Any]) -> None:
-    self.close()
-    self._sampler.load_state_dict(state)
-    self._start()
-
-  def close(self) -> None:
-    if self._thread is None:
-      return
-    self._stop.set()
-    while self._thread.is_alive():
-      try:
-        self._queue.get(timeout=0.1)
-      except queue.Empty:
-        pass
-    self._thread = None
-
-  def __enter__(self) -> "Prefetcher":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
