@@ -12,9 +12,11 @@
 """
 from scaled_ql.data.dqn_replay import ReplayFileError, convert_run
 from scaled_ql.data.generate import BehaviourPolicy, PolicyFn, epsilon_greedy, generate_run
-from scaled_ql.data.rlds import (DEFAULT_DATASET_NAME, DatasetError, DatasetExistsError,
-                                 DatasetSource, EpisodeWriter, SplitSummary, checkpoint_split,
-                                 config_name, find_sources, make_episode, read_episodes)
+from scaled_ql.data.rlds import (DEFAULT_DATASET_NAME, CorruptDataError, DatasetError,
+                                 DatasetExistsError, DatasetSource, EpisodeWriter, SplitSummary,
+                                 UniformStream, checkpoint_split, config_name, find_sources,
+                                 make_episode, read_episodes, uniform_episodes, uniform_sources)
 from scaled_ql.data.batch import Batch, split_batch
 from scaled_ql.data.prefetch import Prefetcher
-from scaled_ql.data.sampler import FramePool, MultiGameSampler, validate_episode
+from scaled_ql.data.sampler import (FramePool, MultiGameSampler, steps_for_one_pass,
+                                    validate_episode)

@@ -17,7 +17,11 @@ float32}. Two split layouts exist and both are read:
   parses every record and drops the others before their frames are decoded.
 
 RLDS step semantics: step t holds observation o_t, the action a_t taken in it and the reward r_t
-(unclipped) and discount d_t that followed. The last step (is_last) carries the final observation
+and discount d_t that followed. Rewards are stored as logged: the DQN Replay Dataset, and so
+RL Unplugged's `rlu_atari*` made from it and our `dqn_replay` conversions, hold rewards that
+Dopamine's runner had already clipped to [-1, 1] (their `episode_return` is a clipped return,
+not a game score); datasets played from the ALE (`generate`) hold raw rewards. The sampler clips
+either way. The last step (is_last) carries the final observation
 only; its action and reward are unused by learners. is_terminal[-1] is True iff the episode ended
 in a game over (nothing to bootstrap from); a truncated episode (time limit, end of a checkpoint's
 data) has is_terminal all False. Discounts follow RL Unplugged's conversion: 1 everywhere, except
@@ -46,6 +50,13 @@ DEFAULT_VERSION = "1.0.0"
 TRAIN_SPLIT = "train"  # rlu_atari's single split.
 STEP_KEYS = ("observation", "action", "reward", "discount", "is_first", "is_last", "is_terminal")
 METADATA_KEYS = ("checkpoint_id", "episode_id", "episode_return")
+# Datasets made from the DQN Replay Dataset, whose rewards were clipped before they were logged.
+CLIPPED_REWARD_DATASETS = ("dqn_replay", "rlu_atari", "rlu_atari_checkpoints",
+                           "rlu_atari_checkpoints_ordered")
+# Fields of older TFDS Atari versions (rlu_atari < 1.3.0, rlu_atari_checkpoints_ordered 1.0.0):
+# copies of `steps/reward` and `episode_return` (the data were clipped already), ignored.
+REDUNDANT_CLIPPED_FIELDS = {"steps/clipped_reward": ("float32", (None,)),
+                            "clipped_episode_return": ("float32", ())}
 
 _CONFIG_RE = re.compile(r"^(?P<game>[A-Za-z]+)_run_(?P<run>\d+)$")
 _CHECKPOINT_SPLIT_RE = re.compile(r"^checkpoint_(?P<id>\d+)$")
@@ -55,6 +66,11 @@ CheckpointSelection = Union[None, int, Iterable[int]]
 
 class DatasetError(ValueError):
   """A dataset on disk is missing, malformed or corrupt; the message names the file."""
+
+
+class CorruptDataError(DatasetError):
+  """A shard file's records are damaged or fewer than its metadata promises, found while reading
+  (possibly deep into a run); the message names the file."""
 
 
 class DatasetExistsError(FileExistsError):
@@ -94,7 +110,9 @@ def features():
           "observation": tfds.features.Image(shape=(*FRAME_SHAPE, 1), dtype=np.uint8,
                                              encoding_format="png"),
           "action": np.int64,
-          "reward": tfds.features.Scalar(dtype=np.float32, doc="Unclipped reward."),
+          "reward": tfds.features.Scalar(
+              dtype=np.float32, doc="Reward as logged: clipped to [-1, 1] already in DQN Replay "
+              "data (by Dopamine's runner), raw in datasets played from the ALE."),
           "is_terminal": np.bool_,
           "is_first": np.bool_,
           "is_last": np.bool_,
@@ -102,8 +120,9 @@ def features():
       }),
       "checkpoint_id": np.int64,
       "episode_id": np.int64,
-      "episode_return": tfds.features.Scalar(dtype=np.float32,
-                                             doc="Sum of the (unclipped) rewards."),
+      "episode_return": tfds.features.Scalar(
+          dtype=np.float32, doc="Sum of the step rewards as logged (clipped ones in DQN Replay "
+          "data)."),
   })
 
 

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from scaled_ql.data.rlds.format import (_CHECKPOINT_SPLIT_RE, STEP_KEYS, CheckpointSelection,
-                                        DatasetError, _tf, _tfds)
+                                        CorruptDataError, DatasetError, _tf, _tfds)
 from scaled_ql.data.rlds.sources import (DatasetSource, _as_int, _checkpoint_set,
                                          find_sources)
 from scaled_ql.frames import FRAME_SHAPE
@@ -82,6 +82,31 @@ def _parse_spec():
   }
 
 
+def parse_record(record, wanted_ids, filter_ids: bool):
+  """TF ops: one serialized episode -> (keep, parsed features with decoded frames).
+
+  Episodes whose checkpoint_id is not in `wanted_ids` (when `filter_ids`: rlu_atari's metadata
+  filter) get keep=False and no decoded frames.
+  """
+  tf = _tf()
+  ex = tf.io.parse_single_example(record, _parse_spec())
+  keep = (tf.reduce_any(tf.equal(ex["checkpoint_id"], wanted_ids)) if filter_ids
+          else tf.constant(True))
+  pngs = ex.pop("steps/observation")
+
+  def decode_pngs():
+    return tf.map_fn(lambda png: tf.io.decode_png(png, channels=1), pngs,
+                     fn_output_signature=tf.TensorSpec([None, None, 1], tf.uint8),
+                     parallel_iterations=16)
+
+  ex["steps/observation"] = tf.cond(
+      keep, decode_pngs, lambda: tf.zeros([0, *FRAME_SHAPE, 1], tf.uint8))
+  ex["steps/action"] = tf.cast(ex["steps/action"], tf.int32)
+  for k in ("is_first", "is_last", "is_terminal"):
+    ex[f"steps/{k}"] = tf.cast(ex[f"steps/{k}"], tf.bool)
+  return keep, ex
+
+
 def _episodes_dataset(tasks: Sequence[_ReadTask], wanted: Optional[frozenset[int]],
                       parallelism: Optional[int]):
   """One tf.data pipeline over `tasks`: records -> (task index, keep, parsed + decoded episode).
@@ -95,7 +120,6 @@ def _episodes_dataset(tasks: Sequence[_ReadTask], wanted: Optional[frozenset[int
   # frames), so memory is about (calls + prefetch) episodes; the frames of one episode are
   # decoded in parallel anyway (map_fn's parallel_iterations).
   calls = _DEFAULT_PARALLELISM if parallelism is None else parallelism
-  spec = _parse_spec()
   wanted_ids = tf.constant(sorted(wanted) if wanted is not None else [], tf.int64)
   filter_ids = wanted is not None
 
@@ -103,21 +127,8 @@ def _episodes_dataset(tasks: Sequence[_ReadTask], wanted: Optional[frozenset[int
     ds = tf.data.TFRecordDataset(filename, buffer_size=8 << 20).skip(skip).take(take)
     return ds.map(lambda record: (index, record))
 
-  def decode_pngs(pngs):
-    return tf.map_fn(lambda png: tf.io.decode_png(png, channels=1), pngs,
-                     fn_output_signature=tf.TensorSpec([None, None, 1], tf.uint8),
-                     parallel_iterations=16)
-
   def parse(index, record):
-    ex = tf.io.parse_single_example(record, spec)
-    keep = (tf.reduce_any(tf.equal(ex["checkpoint_id"], wanted_ids)) if filter_ids
-            else tf.constant(True))
-    pngs = ex.pop("steps/observation")
-    ex["steps/observation"] = tf.cond(
-        keep, lambda: decode_pngs(pngs), lambda: tf.zeros([0, *FRAME_SHAPE, 1], tf.uint8))
-    ex["steps/action"] = tf.cast(ex["steps/action"], tf.int32)
-    for k in ("is_first", "is_last", "is_terminal"):
-      ex[f"steps/{k}"] = tf.cast(ex[f"steps/{k}"], tf.bool)
+    keep, ex = parse_record(record, wanted_ids, filter_ids)
     return index, keep, ex
 
   ds = tf.data.Dataset.from_tensor_slices((
@@ -135,7 +146,7 @@ def _episodes_dataset(tasks: Sequence[_ReadTask], wanted: Optional[frozenset[int
   return ds.with_options(options)
 
 
-def _to_episode(ex, task: _ReadTask, source: DatasetSource) -> dict[str, Any]:
+def _to_episode(ex, task, source: DatasetSource) -> dict[str, Any]:
   obs = ex["steps/observation"].numpy()
   num_steps = obs.shape[0]
   episode_id = int(ex["episode_id"])
@@ -166,7 +177,7 @@ def _to_episode(ex, task: _ReadTask, source: DatasetSource) -> dict[str, Any]:
 
 def _check_count(task: _ReadTask, count: int) -> None:
   if count != task.take:
-    raise DatasetError(f"{task.filename}: holds {task.skip + count} episodes where "
+    raise CorruptDataError(f"{task.filename}: holds {task.skip + count} episodes where "
                        f"dataset_info.json promises at least {task.skip + task.take}; the file "
                        "is truncated.")
 
@@ -200,8 +211,8 @@ def _iterate(tasks: Sequence[tuple[DatasetSource, _ReadTask]], wanted,
       break
     except tf.errors.OpError as e:
       message = _find_bad_file(read_tasks[current:], wanted, parallelism)
-      raise DatasetError(message or f"reading {read_tasks[current].filename} or a later file "
-                         f"failed: {e.message}") from e
+      raise CorruptDataError(message or f"reading {read_tasks[current].filename} or a later "
+                             f"file failed: {e.message}") from e
     index = int(index)
     while current < index:  # Finished the tasks before `index`: check what they held.
       _check_count(read_tasks[current], count)
@@ -213,6 +224,31 @@ def _iterate(tasks: Sequence[tuple[DatasetSource, _ReadTask]], wanted,
   while current < len(read_tasks):
     _check_count(read_tasks[current], count)
     current, count = current + 1, 0
+
+
+def check_selection(data_dir: str, game: Union[str, Game], *,
+                    checkpoints: CheckpointSelection = None,
+                    runs: Optional[Iterable[int]] = None, shard_index: int = 0,
+                    num_shards: int = 1, dataset: Optional[str] = None,
+                    parallelism: Optional[int] = None
+                    ) -> tuple[Optional[frozenset[int]], list[DatasetSource]]:
+  """Checks a selection's arguments and datasets before anything is read (see `read_episodes`);
+  returns (the wanted checkpoint ids or None, the sources)."""
+  num_shards, shard_index = _as_int(num_shards, "num_shards"), _as_int(shard_index, "shard_index")
+  if num_shards < 1 or not 0 <= shard_index < num_shards:
+    raise ValueError(f"need 0 <= shard_index < num_shards, got {shard_index} of {num_shards}.")
+  if parallelism is not None and _as_int(parallelism, "parallelism") < 1:
+    raise ValueError(f"parallelism must be positive or None, got {parallelism}.")
+  wanted = _checkpoint_set(checkpoints)
+  sources = find_sources(data_dir, game, runs=runs, dataset=dataset)
+  if wanted is not None:
+    for source in sources:
+      if source.checkpoint_ids is not None:
+        missing = sorted(wanted - set(source.checkpoint_ids))
+        if missing:
+          raise DatasetError(f"{source.path} has no checkpoint(s) {missing}; it has "
+                             f"{list(source.checkpoint_ids)}.")
+  return wanted, sources
 
 
 def read_episodes(data_dir: str, game: Union[str, Game], *,
@@ -249,20 +285,9 @@ def read_episodes(data_dir: str, game: Union[str, Game], *,
   runs or checkpoints, wrong features, missing shard files) happen before the first episode;
   corrupt or truncated files raise DatasetError naming the file when reached.
   """
-  num_shards, shard_index = _as_int(num_shards, "num_shards"), _as_int(shard_index, "shard_index")
-  if num_shards < 1 or not 0 <= shard_index < num_shards:
-    raise ValueError(f"need 0 <= shard_index < num_shards, got {shard_index} of {num_shards}.")
-  if parallelism is not None and _as_int(parallelism, "parallelism") < 1:
-    raise ValueError(f"parallelism must be positive or None, got {parallelism}.")
-  wanted = _checkpoint_set(checkpoints)
-  sources = find_sources(data_dir, game, runs=runs, dataset=dataset)
-  if wanted is not None:
-    for source in sources:
-      if source.checkpoint_ids is not None:
-        missing = sorted(wanted - set(source.checkpoint_ids))
-        if missing:
-          raise DatasetError(f"{source.path} has no checkpoint(s) {missing}; it has "
-                             f"{list(source.checkpoint_ids)}.")
+  wanted, sources = check_selection(data_dir, game, checkpoints=checkpoints, runs=runs,
+                                    shard_index=shard_index, num_shards=num_shards,
+                                    dataset=dataset, parallelism=parallelism)
   if _as_int(start, "start") < 0:
     raise ValueError(f"start must be >= 0, got {start}.")
   tasks = _plan(sources, wanted, shard_index, num_shards)

@@ -10,8 +10,9 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from scaled_ql.data.rlds.format import (_CHECKPOINT_SPLIT_RE, _CONFIG_RE, TRAIN_SPLIT,
-                                        CheckpointSelection, DatasetError,
+from scaled_ql.data.rlds.format import (_CHECKPOINT_SPLIT_RE, _CONFIG_RE,
+                                        CLIPPED_REWARD_DATASETS, REDUNDANT_CLIPPED_FIELDS,
+                                        TRAIN_SPLIT, CheckpointSelection, DatasetError,
                                         _expected_serialized_info, _split_order, _tfds)
 from scaled_ql.games import Game, get_game
 
@@ -36,6 +37,12 @@ class DatasetSource:
     if not self.split_by_checkpoint:
       return None
     return tuple(int(_CHECKPOINT_SPLIT_RE.match(s)["id"]) for s, _ in self.split_lengths)
+
+  @property
+  def clipped_rewards(self) -> bool:
+    """The rewards were clipped to [-1, 1] before they were logged (DQN Replay data): episode
+    returns are clipped returns, not game scores."""
+    return self.dataset_name in CLIPPED_REWARD_DATASETS
 
   @property
   def num_episodes(self) -> int:
@@ -86,8 +93,18 @@ def _open_source(config_dir: str, game: Game, run: int) -> DatasetSource:
     raise DatasetError(f"{version_dir}: TFDS cannot open this dataset: {e}") from e
   found = {key: (v.tf_dtype.name, tuple(v.shape)) for key, v in _flatten(serialized).items()}
   expected = _expected_serialized_info()
+  if found != expected and found == {**expected, **REDUNDANT_CLIPPED_FIELDS}:
+    found = expected  # An older rlu_atari* version: its clipped copies are not read.
   if found != expected:
     diff = sorted(set(found.items()) ^ set(expected.items()))
+    lacking = [k for k in ("steps/is_last", "checkpoint_id") if k not in found]
+    if lacking:
+      version = os.path.basename(os.path.normpath(version_dir))
+      raise DatasetError(
+          f"{version_dir}: version {version} of this dataset lacks {lacking} (rlu_atari added "
+          "is_last in 1.1.0 and checkpoint_id in 1.2.0), which reading needs. Prepare a newer "
+          "version, e.g. tfds.builder('rlu_atari/<Game>_run_<k>:1.3.0').download_and_prepare() "
+          "(or rlu_atari_checkpoints_ordered:1.1.0), and point data_dir at it.")
     raise DatasetError(f"{version_dir}/features.json: not the rlu_atari episode features "
                        f"(differences: {diff}).")
   splits = tuple((s.name, int(s.num_examples)) for s in builder.info.splits.values())

@@ -14,9 +14,10 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from scaled_ql.data.rlds.format import (DEFAULT_DATASET_NAME, DEFAULT_VERSION, TRAIN_SPLIT,
-                                        DatasetExistsError, _split_order, _tf, _tfds,
-                                        check_episode, checkpoint_split, config_name, features)
+from scaled_ql.data.rlds.format import (CLIPPED_REWARD_DATASETS, DEFAULT_DATASET_NAME,
+                                        DEFAULT_VERSION, TRAIN_SPLIT, DatasetExistsError,
+                                        _split_order, _tf, _tfds, check_episode,
+                                        checkpoint_split, config_name, features)
 from scaled_ql.frames import FRAME_SHAPE
 from scaled_ql.games import Game, get_game
 
@@ -104,7 +105,10 @@ class SplitSummary:
   episodes: int = 0
   steps: int = 0  # Frames stored (= transitions + episodes).
   terminated: int = 0  # Episodes that ended in a game over.
-  return_sum: float = 0.0
+  return_sum: float = 0.0  # Sum of episode returns as logged (see `clipped_rewards`).
+  # The rewards were clipped to [-1, 1] before they were logged (DQN Replay data): the returns
+  # are clipped returns, not game scores.
+  clipped_rewards: bool = False
 
   @property
   def transitions(self) -> int:
@@ -112,7 +116,12 @@ class SplitSummary:
 
   @property
   def mean_return(self) -> float:
+    """Mean episode return as logged: a clipped return where `clipped_rewards`."""
     return self.return_sum / self.episodes if self.episodes else float("nan")
+
+  @property
+  def return_name(self) -> str:
+    return "mean clipped return" if self.clipped_rewards else "mean return"
 
 
 @dataclasses.dataclass
@@ -197,7 +206,8 @@ class EpisodeWriter:
     shard.writer.write(data)
     shard.episodes += 1
     shard.num_bytes += len(data)
-    summary = self._summaries.setdefault(split, SplitSummary(split))
+    summary = self._summaries.setdefault(split, SplitSummary(
+        split, clipped_rewards=self._dataset_name in CLIPPED_REWARD_DATASETS))
     summary.episodes += 1
     summary.steps += len(episode["observation"])
     summary.terminated += int(bool(episode["is_terminal"][-1]))
