@@ -261,7 +261,9 @@ def read_episodes(data_dir: str, game: Union[str, Game], *,
 
   Every source layout gives the same episodes (see the module docstring): step arrays
   observation [T, 84, 84] uint8, action [T] int32 (minimal-set index), reward [T] float32
-  (unclipped), discount [T] float32, is_first / is_last / is_terminal [T] bool; metadata game
+  (as logged: already clipped to [-1, 1] by Dopamine's runner in DQN Replay data, i.e. our
+  `dqn_replay` conversions and RL Unplugged's `rlu_atari*`, so their episode_return is a clipped
+  return; raw in ALE-generated datasets: `DatasetSource.clipped_rewards`), discount [T] float32, is_first / is_last / is_terminal [T] bool; metadata game
   (snake_case), run, checkpoint_id, episode_id (int), episode_return (float32), dataset (the
   dataset's name).
 
@@ -283,7 +285,10 @@ def read_episodes(data_dir: str, game: Union[str, Game], *,
 
   Order: runs ascending, then splits, then episodes as stored; deterministic. Checks (missing
   runs or checkpoints, wrong features, missing shard files) happen before the first episode;
-  corrupt or truncated files raise DatasetError naming the file when reached.
+  corrupt or truncated files raise CorruptDataError (a DatasetError) naming the file when
+  reached. Older TFDS versions whose features add steps/clipped_reward and
+  clipped_episode_return (rlu_atari < 1.3.0) are read, ignoring those copies; versions without
+  is_last or checkpoint_id are refused with a message saying which version to prepare.
   """
   wanted, sources = check_selection(data_dir, game, checkpoints=checkpoints, runs=runs,
                                     shard_index=shard_index, num_shards=num_shards,
