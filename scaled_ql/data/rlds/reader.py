@@ -264,8 +264,8 @@ def read_episodes(data_dir: str, game: Union[str, Game], *,
   (as logged: already clipped to [-1, 1] by Dopamine's runner in DQN Replay data, i.e. our
   `dqn_replay` conversions and RL Unplugged's `rlu_atari*`, so their episode_return is a clipped
   return; raw in ALE-generated datasets: `DatasetSource.clipped_rewards`), discount [T]
-  float32, is_first / is_last / is_terminal [T] bool; metadata game (snake_case), run, checkpoint_id, episode_id (int), episode_return (float32), dataset (the
-  dataset's name).
+  float32, is_first / is_last / is_terminal [T] bool; metadata game (snake_case), run,
+  checkpoint_id, episode_id (int), episode_return (float32), dataset (the dataset's name).
 
   Args:
     data_dir: a TFDS data_dir holding `{dataset}/{AleName}_run_{k}/{version}/`, or one dataset
