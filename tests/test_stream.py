@@ -191,3 +191,26 @@ def test_a_corrupt_record_mid_stream_names_the_file(ordered, tmp_path):
       read += 1
   assert read > 0  # Met mid-stream, after good episodes.
   assert issubclass(data.CorruptDataError, data.DatasetError)
+
+
+def test_single_train_split_layout_filters_on_metadata(tmp_path):
+  # rlu_atari's layout: one 'train' split, the checkpoint only in each episode's metadata.
+  rng = np.random.default_rng(1)
+  for run in (1, 2):
+    with data.EpisodeWriter(str(tmp_path), GAME, run, split_by_checkpoint=False,
+                            encode_threads=1, shard_bytes=3_000) as writer:
+      for c in range(4):
+        for e in range(3):
+          writer.write(data.make_episode(np.full((6, 84, 84), _label_frame(run, c), np.uint8),
+                                         np.zeros(6, int), np.zeros(6), terminated=True,
+                                         checkpoint_id=c, episode_id=e))
+  stream = data.UniformStream(str(tmp_path), GAME, checkpoints=[1, 3], seed=0)
+  episodes = list(itertools.islice(stream(0), 24))  # Two epochs of the 12 kept episodes.
+  assert {e["checkpoint_id"] for e in episodes} == {1, 3}
+  assert stream.epoch_length == 24  # Positions count every record, kept or not.
+  tail = list(itertools.islice(stream(episodes[5]["stream_position"]), 5))
+  for got, want in zip(tail, episodes[5:10]):
+    assert got["stream_position"] == want["stream_position"]
+    np.testing.assert_array_equal(got["observation"], want["observation"])
+  with pytest.raises(data.DatasetError, match=r"selects nothing"):
+    next(data.UniformStream(str(tmp_path), GAME, checkpoints=[7])(0))

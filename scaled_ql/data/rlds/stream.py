@@ -98,7 +98,6 @@ class UniformStream:
     return out
 
   # -- The order. --------------------------------------------------------------------------
-  @functools.lru_cache(maxsize=2)
   def schedule(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """Epoch `epoch`'s order: (unit index [L] int32, episode index within the unit [L] int64)."""
     rng = np.random.default_rng(
@@ -185,7 +184,7 @@ class UniformStream:
       while self.cycle or epoch == 0:
         units, within = self.schedule(epoch)
         pending = collections.deque()
-        position = offset
+        position, kept = offset, 0
         while position < length or pending:
           while position < length and len(pending) < 2 * self._threads + 1:
             pending.append(pool.submit(self._read, local, int(units[position]),
@@ -193,7 +192,12 @@ class UniformStream:
             position += 1
           episode = pending.popleft().result()
           if episode is not None:
+            kept += 1
             yield episode
+        if offset == 0 and not kept:  # Only a metadata filter can drop a whole epoch.
+          raise DatasetError(f"no {self.game.ale_name} episode on host {self.shard_index} of "
+                             f"{self.num_shards} has a checkpoint_id in "
+                             f"{sorted(self._wanted)}: the checkpoint selection selects nothing.")
         epoch, offset = epoch + 1, 0
 
 
