@@ -156,6 +156,13 @@ def test_steps_per_pass_matches_the_steps_taken(ordered):
   assert abs(step - predicted) <= 0.2 * predicted + sampler.refresh_every
   everything = _sampler({GAME: data.UniformStream(ordered, GAME)}, pool_frames=10_000)
   assert everything.steps_per_pass() == 0  # The selection fits: resident, never re-read.
+  assert everything.pools[0].num_episodes == RUNS * CHECKPOINTS * EPISODES  # Each once.
+  batches = [next(everything) for _ in range(3)]
+  restored = _sampler({GAME: data.UniformStream(ordered, GAME)}, pool_frames=10_000)
+  restored.load_state_dict(everything.state_dict())
+  for x, y in zip(next(everything), next(restored)):
+    np.testing.assert_array_equal(x, y)
+  assert batches
 
 
 def test_bad_selections_and_settings_fail_before_training(ordered, tmp_path):

@@ -528,6 +528,8 @@ class MultiGameSampler:
         item = self._read(g, during_fill=True)
         if item is None or (stream.pass_length is not None and item[0] >= stream.pass_length):
           stream.resident = True  # The whole selection is in the pool (the item is a repeat).
+          if item is not None:
+            stream.consumed = item[0]  # Not taken: a restore re-reads up to here.
           break
         before = pool.num_episodes
         if pool.add(item[1], item[0]) and pool.num_episodes <= before:
