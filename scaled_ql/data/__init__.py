@@ -1,9 +1,10 @@
 """Offline Atari data: RLDS/TFDS episode datasets, where they come from, and how they are read.
 
 - `rlds`: the on-disk format (the TFDS layout of RL Unplugged's `rlu_atari*`), `EpisodeWriter`
-  (atomic, incremental), `find_sources`, and `read_episodes`, which reads our datasets and
-  prepared `rlu_atari`, `rlu_atari_checkpoints` and `rlu_atari_checkpoints_ordered` folders
-  alike, lazily and per host;
+  (atomic, incremental), `find_sources`, `read_episodes` (stored order) and `UniformStream`
+  (every stretch a uniform sample of the selection: what pools and online seeding read),
+  which read our datasets and prepared `rlu_atari`, `rlu_atari_checkpoints` and
+  `rlu_atari_checkpoints_ordered` folders alike, lazily and per host;
 - `generate`: datasets played in the emulator by a behaviour policy (random, epsilon-greedy over
   any policy callable, or a mixture), several checkpoint ids per run;
 - `dqn_replay`: conversion of DQN Replay Dataset checkpoint files (Dopamine's replay buffer);
