@@ -97,9 +97,9 @@ def _drawn_shares(sampler, steps: int, first_step: int) -> list[collections.Coun
 
 
 def measure_stream(games: Sequence[str] = DEFAULT_GAMES, runs: int = 5, checkpoints: int = 50,
-                   episodes_per_checkpoint: int = 24, pool_fraction: float = 0.25,
+                   episodes_per_checkpoint: int = 40, pool_fraction: float = 0.25,
                    batch_size: int = 512, samples_per_transition: float = 1.0,
-                   refresh_every: int = 1, draw_steps: int = 40, seed: int = 0,
+                   refresh_every: int = 1, draw_steps: int = 300, seed: int = 0,
                    workdir: Optional[str] = None) -> dict:
   """Runs the measurements (module docstring) and returns them as a dict of numbers."""
   own_dir = workdir is None

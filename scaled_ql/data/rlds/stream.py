@@ -63,6 +63,8 @@ class UniformStream:
                shard_index: int = 0, num_shards: int = 1, dataset: Optional[str] = None,
                parallelism: Optional[int] = None, seed: int = 0, cycle: bool = True):
     self.game = game if isinstance(game, Game) else get_game(game)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+      raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     self._wanted, sources = check_selection(data_dir, self.game, checkpoints=checkpoints,
                                             runs=runs, shard_index=shard_index,
                                             num_shards=num_shards, dataset=dataset,
@@ -87,15 +89,6 @@ class UniformStream:
   @property
   def num_units(self) -> int:
     return len(self._units)
-
-  def unit_labels(self) -> list[tuple[int, Optional[int]]]:
-    """(run, checkpoint id or None) of each read unit, in plan order."""
-    out = []
-    for source, task in self._units:
-      split = next((s for s, _ in source.split_lengths if f"-{s}." in task.filename), None)
-      ckpt = int(split.split("_")[1]) if split and split.startswith("checkpoint_") else None
-      out.append((source.run, ckpt))
-    return out
 
   # -- The order. --------------------------------------------------------------------------
   def schedule(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
