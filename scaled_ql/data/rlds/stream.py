@@ -129,7 +129,7 @@ class UniformStream:
     tf = _tf()
     wanted_ids = tf.constant(sorted(self._wanted) if self._filter else [], tf.int64)
     return tf.function(lambda record: parse_record(record, wanted_ids, self._filter),
-                       input_signature=[tf.TensorSpec([], tf.string)])
+                       input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 
   def _read(self, local: threading.local, unit: int, within: int, position: int):
     """Reads and decodes one record: the episode, or None where the filter drops it."""
