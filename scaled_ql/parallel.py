@@ -19,6 +19,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from scaled_ql.data.batch import split_batch
+
 DATA, MODEL = "data", "model"
 
 # XLA:CPU's classic runtime (jaxlib 0.4.34 still has it beside the default "thunk" runtime)
@@ -199,17 +201,8 @@ def allgather_json(obj: Any) -> list:
 
 def split_counts(batch_size: int, num_games: int, weights=None) -> tuple[int, ...]:
   """Samples per game in a host's batch: proportional to `weights` (default equal), the
-  remainder given one each to the first games, so counts are fixed for the whole run."""
-  weights = np.ones(num_games) if weights is None or len(weights) == 0 else np.asarray(
-      weights, np.float64)
-  if len(weights) != num_games or np.any(weights <= 0):
-    raise ValueError(f"data.game_weights must hold {num_games} positive numbers, got "
-                     f"{list(weights)}.")
-  exact = batch_size * weights / weights.sum()
-  counts = np.floor(exact).astype(int)
-  order = np.argsort(-(exact - counts), kind="stable")
-  counts[order[:batch_size - counts.sum()]] += 1
-  if np.any(counts == 0):
-    raise ValueError(f"a batch of {batch_size} per host cannot give every one of the "
-                     f"{num_games} games a sample (counts {counts.tolist()}).")
-  return tuple(int(c) for c in counts)
+  remainder given one each to the first games, so counts are fixed for the whole run.
+
+  `scaled_ql.data.split_batch` with its largest-remainder rule (the one place counts are made).
+  """
+  return split_batch(batch_size, weights, num_games, uneven="largest_remainder")

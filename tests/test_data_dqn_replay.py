@@ -340,3 +340,37 @@ def test_existing_output_is_refused(good_run, tmp_path):
   with pytest.raises(rlds.DatasetExistsError, match="overwrite"):
     _convert(good_run, out)
   assert os.path.isfile(os.path.join(result.path, "dataset_info.json"))
+
+
+def test_final_checkpoint_saved_with_add_count_mod_capacity_drops_its_headless_fragment(
+    tmp_path, pong):
+  # Dopamine's last checkpoint of a run holds add_count % capacity: it reads as an unwrapped
+  # buffer although the buffer wrapped, so its row 0 can fall mid-episode, with no padding.
+  for seed in range(100):  # The first fixture whose row 0 falls mid-episode.
+    rng = np.random.default_rng(seed)
+    buffer = _DopamineBuffer(300)
+    episodes = _fill(buffer, rng, 14, pong, lengths=(20, 40), last_unfinished=True)
+    true_count = int(buffer.add_count)
+    cursor = true_count % 300
+    oldest = true_count - cursor  # The add index of the file's row 0.
+    if any(ep["rows"][0] < oldest <= ep["rows"][-1] for ep in episodes):
+      break
+  assert true_count > 300
+  buffer.add_count = np.array(cursor)
+  replay_dir = tmp_path / "Pong" / "1" / "replay_logs"
+  replay_dir.mkdir(parents=True)
+  buffer.save(replay_dir, 0)
+  out = tmp_path / "out"
+  result = dqn_replay.convert_run(tmp_path / "Pong" / "1", out, "pong", 1)
+  assert result.rows_dropped[0] > 0
+  # What is kept: the episodes wholly among the newest `cursor` rows, as for a wrapped buffer.
+  _check_same(list(rlds.read_episodes(out, "pong")), _expected(episodes, true_count, cursor))
+
+
+def test_dqn_replay_rewards_are_named_clipped(good_run, tmp_path):
+  result = _convert(good_run, tmp_path / "out")
+  assert all(s.clipped_rewards and s.return_name == "mean clipped return"
+             for s in result.splits)
+  source = rlds.find_sources(tmp_path / "out", "pong")[0]
+  assert source.dataset_name == dqn_replay.DATASET_NAME and source.clipped_rewards
+  assert "clipped" in dqn_replay.__doc__ and "Dopamine's runner" in dqn_replay.__doc__

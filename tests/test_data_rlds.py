@@ -355,3 +355,61 @@ def test_start_skips_episodes_without_changing_the_rest(tmp_path):
       np.testing.assert_array_equal(a["observation"], b["observation"])
   with pytest.raises(ValueError, match="start must be >= 0"):
     data.read_episodes(str(tmp_path), "pong", start=-1)
+
+
+def _edit_features(path, edit):
+  """Applies `edit(steps_features, episode_features)` to a dataset's features.json."""
+  info_path = os.path.join(path, "features.json")
+  features = json.load(open(info_path))
+
+  def find(tree):  # The dicts that hold "reward" (steps) and "episode_return" (episode).
+    if isinstance(tree, dict):
+      if "reward" in tree and "observation" in tree:
+        yield "steps", tree
+      if "episode_return" in tree and "checkpoint_id" in tree:
+        yield "episode", tree
+      for value in tree.values():
+        yield from find(value)
+
+  found = dict(find(features))
+  edit(found["steps"], found["episode"])
+  json.dump(features, open(info_path, "w"))
+
+
+def test_older_tfds_versions_with_clipped_fields_are_read(tmp_path, episodes):
+  # rlu_atari before 1.3.0 and rlu_atari_checkpoints_ordered 1.0.0 also carry
+  # steps/clipped_reward and clipped_episode_return (copies: the data were clipped already).
+  _write(tmp_path, episodes[:3])
+  source = rlds.find_sources(tmp_path, GAME)[0]
+
+  def add_clipped(steps, episode):
+    steps["clipped_reward"] = steps["reward"]
+    episode["clipped_episode_return"] = episode["episode_return"]
+
+  _edit_features(source.path, add_clipped)
+  read = list(rlds.read_episodes(tmp_path, GAME))
+  for got, want in zip(read, episodes[:3]):
+    np.testing.assert_array_equal(got["reward"], want["reward"])
+  assert len(read) == 3
+
+  def drop_is_last(steps, episode):
+    del steps["is_last"]
+
+  _edit_features(source.path, drop_is_last)
+  with pytest.raises(rlds.DatasetError, match=r"version 1\.0\.0 of this dataset lacks "
+                     r"\['steps/is_last'\].*Prepare a newer version.*1\.3\.0"):
+    rlds.read_episodes(tmp_path, GAME)
+
+
+def test_corrupt_record_deep_in_a_stream_is_a_corrupt_data_error(tmp_path, episodes):
+  _write(tmp_path, episodes)
+  shard = _shard_files(tmp_path)[2]
+  data = bytearray(open(shard, "rb").read())
+  data[len(data) // 2] ^= 0xFF
+  open(shard, "wb").write(bytes(data))
+  read = []
+  with pytest.raises(rlds.CorruptDataError, match=rf"{shard}: corrupt") as caught:
+    for episode in rlds.read_episodes(tmp_path, GAME):
+      read.append(episode)
+  assert len(read) >= 6  # The first two checkpoints came through before it.
+  assert isinstance(caught.value, rlds.DatasetError)

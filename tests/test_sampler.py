@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scaled_ql import envs, games, learner, losses
+from scaled_ql.data import prefetch as prefetch_lib
 from scaled_ql.data import sampler as sampler_lib
 
 GAMES = ("pong", "breakout", "freeway")
@@ -250,7 +251,7 @@ def test_restore_rejects_other_config_or_source(streams):
 
 def test_prefetcher_gives_the_same_batches_and_state(streams):
   plain = [next(b) for b in [make_sampler(streams)] for _ in range(9)]
-  with sampler_lib.Prefetcher(make_sampler(streams), depth=3) as p:
+  with prefetch_lib.Prefetcher(make_sampler(streams), depth=3) as p:
     got = [next(p) for _ in range(5)]
     state = p.state_dict()
     assert state["step"] == 5
@@ -369,7 +370,7 @@ def test_prefetcher_raises_the_samplers_error():
     yield from make_stream("pong", 3, rng, lengths=(40,))
     raise ValueError("disk on fire")
   s = one_game(source, pool_frames=60, refresh_every=1)
-  with sampler_lib.Prefetcher(s) as p:
+  with prefetch_lib.Prefetcher(s) as p:
     with pytest.raises(ValueError, match="disk on fire"):
       for _ in range(10):
         next(p)

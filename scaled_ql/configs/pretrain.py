@@ -69,7 +69,14 @@ def _base() -> ml_collections.ConfigDict:
   # host holds its own share of the episodes.
   c.data.pool_frames_per_game = 200_000
   c.data.refresh_every = 100  # sampling steps between pool refreshes from the stream.
-  c.data.refresh_episodes = 1  # episodes streamed in per game at each refresh.
+  # Replay ratio: each stored transition is sampled about this many times before it is evicted
+  # (each refresh ingests the transitions sampled since the last one divided by it); 0 = ingest
+  # refresh_episodes episodes per game per refresh instead. Not a paper value: [SQL] samples
+  # all of its data uniformly, so this is set for one pass over the selection per run:
+  # 1M steps x 512 samples / (40 games x 5 runs x 50 checkpoints x 1M transitions) = 0.051.
+  # `sampler.steps_per_pass()` gives the steps one pass takes for the data on disk.
+  c.data.samples_per_transition = 0.05
+  c.data.refresh_episodes = 1  # episodes streamed in per game at each refresh (see above).
   c.data.game_weights = ()  # relative samples per game; () = equal.
   c.data.prefetch = 2  # batches prepared ahead in a background thread.
 
@@ -114,6 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.runs = (1,)
     c.data.pool_frames_per_game = 5000
     c.data.refresh_every = 10
+    c.data.samples_per_transition = 0.0  # a few episodes per refresh: seconds-long runs.
     c.checkpoint_every = 10
     c.log_every = 5
   elif preset == "demo":
@@ -128,6 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.runs = (1,)
     c.data.pool_frames_per_game = 20_000
     c.data.refresh_every = 0  # the demo dataset fits in the pools.
+    c.data.samples_per_transition = 0.0  # no refresh.
     c.checkpoint_every = 500
     c.log_every = 50
   return c

@@ -1,17 +1,23 @@
 """Offline Atari data: RLDS/TFDS episode datasets, where they come from, and how they are read.
 
 - `rlds`: the on-disk format (the TFDS layout of RL Unplugged's `rlu_atari*`), `EpisodeWriter`
-  (atomic, incremental), and `read_episodes`, which reads our datasets and prepared `rlu_atari`,
-  `rlu_atari_checkpoints` and `rlu_atari_checkpoints_ordered` folders alike, lazily and per host;
+  (atomic, incremental), `find_sources`, `read_episodes` (stored order) and `UniformStream`
+  (every stretch a uniform sample of the selection: what pools and online seeding read),
+  which read our datasets and prepared `rlu_atari`, `rlu_atari_checkpoints` and
+  `rlu_atari_checkpoints_ordered` folders alike, lazily and per host;
 - `generate`: datasets played in the emulator by a behaviour policy (random, epsilon-greedy over
   any policy callable, or a mixture), several checkpoint ids per run;
-- `dqn_replay`: conversion of DQN Replay Dataset checkpoint files (Dopamine's replay buffer).
+- `dqn_replay`: conversion of DQN Replay Dataset checkpoint files (Dopamine's replay buffer);
+- `batch`: the transition batch and its per-game counts; `sampler`: game-blocked batches from
+  bounded in-memory frame pools fed by the readers; `prefetch`: sampling ahead in a thread.
 """
 from scaled_ql.data.dqn_replay import ReplayFileError, convert_run
 from scaled_ql.data.generate import BehaviourPolicy, PolicyFn, epsilon_greedy, generate_run
-from scaled_ql.data.rlds import (DEFAULT_DATASET_NAME, DatasetError, DatasetExistsError,
-                                 DatasetSource, EpisodeWriter, SplitSummary, checkpoint_split,
-                                 config_name, find_sources, make_episode, read_episodes)
-from scaled_ql.data.batch import Batch
-from scaled_ql.data.sampler import (FramePool, MultiGameSampler, Prefetcher, split_batch,
+from scaled_ql.data.rlds import (DEFAULT_DATASET_NAME, CorruptDataError, DatasetError,
+                                 DatasetExistsError, DatasetSource, EpisodeWriter, SplitSummary,
+                                 UniformStream, checkpoint_split, config_name, find_sources,
+                                 make_episode, read_episodes, uniform_episodes, uniform_sources)
+from scaled_ql.data.batch import Batch, split_batch
+from scaled_ql.data.prefetch import Prefetcher
+from scaled_ql.data.sampler import (FramePool, MultiGameSampler, steps_for_one_pass,
                                     validate_episode)

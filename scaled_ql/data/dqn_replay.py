@@ -6,10 +6,17 @@ checkpoint; each array is a gzip'd `.npy` (np.save into a gzip.GzipFile) in one 
 
   $store$_observation_ckpt.{i}.gz  uint8 [C, 84, 84]   the observation the action was taken in
   $store$_action_ckpt.{i}.gz       int32 [C]           minimal-set action index
-  $store$_reward_ckpt.{i}.gz       float32 [C]         unclipped reward after the action
+  $store$_reward_ckpt.{i}.gz       float32 [C]         reward after the action, clipped
   $store$_terminal_ckpt.{i}.gz     uint8 [C]           1: the episode ended after this action
   add_count_ckpt.{i}.gz            int, 0-d            rows ever added, padding included
   invalid_range_ckpt.{i}.gz        int [stack + n]     rows around the cursor that cannot be sampled
+
+Rewards are stored clipped to [-1, 1]: Dopamine's runner clips each reward before it reaches
+the agent and its replay buffer (`run_experiment.Runner._run_one_episode`: `reward =
+np.clip(reward, -1, 1)`, in the 2019 agents that logged the dataset), so the converted
+episodes' rewards, and their `episode_return` (the sum of the step rewards), are clipped values,
+not game scores; the conversion's summaries say "clipped return". Scores come from playing the
+policy (`scaled_ql.evaluation`).
 
 Semantics, from Dopamine's `circular_replay_buffer.py` (checked against its source):
 - A circular buffer of capacity C; the next row is written at cursor = add_count % C. When
@@ -36,7 +43,9 @@ What one checkpoint becomes, in chronological order:
 - in a wrapped buffer, the oldest rows up to the first terminal belong to an episode whose start
   was overwritten: they are dropped (counted in the result), since stacking them from zero
   padding would show the network frames that never happened. Exception: if the oldest rows are
-  1..stack_size-1 zero padding rows, the episode after them is complete and is kept.
+  1..stack_size-1 zero padding rows, the episode after them is complete and is kept. The same
+  holds for a run's final checkpoint, which Dopamine saved with add_count % capacity: it reads
+  as an unwrapped buffer, but its row 0 can fall mid-episode (no padding before it).
 Episode ids number a checkpoint's episodes from 0 in chronological order; checkpoint_id = i.
 
 Observation files are 7 GB uncompressed; they are streamed in chunks in chronological order (two
@@ -57,10 +66,9 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import numpy as np
 
 from scaled_ql.data import rlds
+from scaled_ql.frames import FRAME_SHAPE, STACK_SIZE
 from scaled_ql.games import Game, get_game
 
-FRAME_SHAPE = (84, 84)
-STACK_SIZE = 4
 DATASET_NAME = "dqn_replay"
 STORE_KEYS = ("observation", "action", "reward", "terminal")
 OTHER_KEYS = ("add_count", "invalid_range")
@@ -256,10 +264,13 @@ def _check_checkpoint(replay_dir: str, index: int, game: Game, stack_size: int) 
   if bad.size:
     raise ReplayFileError(f"{paths['reward']}: row {order[bad[0]]} has reward {reward[bad[0]]}.")
   pad_like = (action == 0) & (reward == 0) & ~terminal
+  # The oldest rows that may be padding. Wrapped buffers, and also a run's final checkpoint
+  # (saved with add_count % capacity, so it reads as unwrapped though its row 0 can fall
+  # mid-episode), can start anywhere; a buffer that starts with fewer padding rows than a fresh
+  # one has (stack_size - 1) starts with a headless fragment, which is dropped.
   leading = 0
-  if wrapped:
-    while leading < min(stack_size - 1, len(pad_like)) and pad_like[leading]:
-      leading += 1
+  while leading < min(stack_size - 1, len(pad_like)) and pad_like[leading]:
+    leading += 1
   ckpt = ReplayCheckpoint(index, paths, capacity, add_count, header_bytes, terminal, pad_like,
                           leading)
   # Provisional plan (assumes the leading candidates' frames are zero); it checks the padding
@@ -271,16 +282,17 @@ def _check_checkpoint(replay_dir: str, index: int, game: Game, stack_size: int) 
 def _plan_episodes(ckpt: ReplayCheckpoint, leading_padding: int, stack_size: int) -> None:
   """Sets ckpt.episodes / padding / rows_dropped (chronological positions).
 
-  `leading_padding`: in a wrapped buffer, how many of the oldest rows are zero padding (then the
-  episode after them is complete); 0 means the oldest rows are a headless fragment, dropped up
-  to the first terminal and the padding after it.
+  `leading_padding`: how many of the oldest rows are zero padding (then the episode after them
+  is complete; a buffer written from empty starts with stack_size - 1 of them); 0 means the
+  oldest rows are a headless fragment (a wrapped buffer, or a final checkpoint saved with
+  add_count % capacity), dropped up to the first terminal and the padding after it.
   """
   terminal, pad_like = ckpt.terminal, ckpt.pad_like
   num_rows = len(terminal)
   terminals = np.flatnonzero(terminal)
   episodes, padding, head = [], [], 0
-  if not ckpt.wrapped or leading_padding:
-    start = leading_padding if ckpt.wrapped else min(stack_size - 1, num_rows)
+  if leading_padding:
+    start = leading_padding
     padding.append((0, start))
   elif terminals.size:
     head = int(terminals[0]) + 1

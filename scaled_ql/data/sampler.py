@@ -12,7 +12,12 @@ Host memory is ~7,066 bytes per stored frame (the frame plus 10 bytes of per-ste
 
 Refresh: FIFO from a stream. Each game's episodes come from an `EpisodeSource`, a callable
 `source(start)` that yields the game's episodes from stream position `start` on, in the same
-order every call (for a dataset larger than RAM: a reader over the host's share of the files).
+order every call. For a dataset larger than RAM that is a `scaled_ql.data.UniformStream` over
+the host's share of the files: its order makes every stretch of the stream, and so the pool at
+any time, an about-uniform sample of the whole selection (all runs, all selected checkpoints),
+where the stored (time) order of `read_episodes` would make the pool a time window. A
+UniformStream cycles by itself (each epoch another order) and numbers its episodes
+("stream_position"); the sampler keeps those positions.
 The sampler first fills each pool until an ingest evicts (or the source ends: the whole
 dataset is then resident and never re-read); afterwards, every `refresh_every` sampling steps,
 it ingests `refresh_episodes` more episodes per game, evicting the oldest episodes (whole
@@ -21,9 +26,12 @@ then always the last ones accepted from the stream, so a pool is described by tw
 positions and can be rebuilt from them (below), where a reservoir's random subset would have
 to be listed or stored; and (b) every episode read stays in the pool equally long, where a
 reservoir keeps the n-th episode read with probability ~capacity / n, so late in a long run
-nearly everything read is discarded. The replay ratio is the user's choice: a refresh brings
-about refresh_episodes x episode length new frames per game for refresh_every x (samples per
-game) sampled transitions. When a source runs out during refreshes it restarts from position
+nearly everything read is discarded. The replay ratio is the user's choice, best given as
+`samples_per_transition` (R): each refresh ingests the transitions sampled since the last one
+divided by R, so each stored transition is sampled about R times before it is evicted, and a
+steady fraction of the pool is replaced (otherwise a refresh brings refresh_episodes episodes
+per game, whatever their length). `steps_per_pass()` says how many steps one pass over the
+selection takes. When a source runs out during refreshes it restarts from position
 0 (`cycle=True`, the next epoch) or refreshing stops (`cycle=False`).
 
 Quality selection (e.g. the paper's low-quality split, checkpoints 0-9 of 50) belongs in the
@@ -46,26 +54,23 @@ Speed. A batch is one `searchsorted` per game to map uniform draws to (episode, 
 fancy-index gather per stack slot, and lookups of the precomputed n-step arrays: ~29k
 transitions/s on one core at batch 512 (`python -m launch.benchmark --what=sampler`). Most of
 that time is NumPy interleaving single frames into [B, 84, 84, 4] (strided byte copies).
-`Prefetcher` runs a sampler in a background thread a few batches ahead, so sampling overlaps
-the learner's device step; it gives the same batches and a state that resumes exactly.
+`scaled_ql.data.prefetch.Prefetcher` runs a sampler in a background thread a few batches ahead,
+so sampling overlaps the learner's device step; it gives the same batches and a state that
+resumes exactly.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import math
-import queue
-import threading
-from fractions import Fraction
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from scaled_ql.data.batch import Batch, split_batch
+from scaled_ql.frames import FRAME_SHAPE, STACK_SIZE
 from scaled_ql.games import Game, get_game
-from scaled_ql.data.batch import Batch
 
-FRAME_SHAPE = (84, 84)
-STACK_SIZE = 4
 STATE_VERSION = 1
 
 Episode = Mapping[str, Any]
@@ -346,33 +351,27 @@ class FramePool:
         out[..., j] = self._frames[index[:, j]]
 
 
-def split_batch(batch_size: int, weights: Sequence[float], games: Sequence[str]) -> tuple[int, ...]:
-  """Per-game sample counts: batch_size x weight / sum(weights), each a whole number >= 1."""
-  if int(batch_size) != batch_size or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-  if len(weights) != len(games):
-    raise ValueError(f"game_weights has {len(weights)} entries for {len(games)} games "
-                     f"{list(games)}.")
-  try:
-    fractions = [Fraction(w).limit_denominator(10**6) for w in weights]
-  except (TypeError, ValueError):
-    raise ValueError(f"game_weights must be numbers, got {list(weights)}.") from None
-  bad = [g for g, w in zip(games, fractions) if w <= 0]
-  if bad:
-    raise ValueError(f"game_weights must be > 0; got {dict(zip(games, weights))} (a game with "
-                     f"no samples has no place in config.games): {bad}.")
-  total = sum(fractions)
-  counts = [batch_size * w / total for w in fractions]
-  uneven = {g: float(c) for g, c in zip(games, counts) if c.denominator != 1}
-  if uneven:
-    unit = math.lcm(*[(w / total).denominator for w in fractions])
-    below, above = (batch_size // unit) * unit, (batch_size // unit + 1) * unit
-    hint = f"{below} or {above}" if below else f"{above}"
-    raise ValueError(f"batch_size {batch_size} cannot be split by game_weights into whole "
-                     f"per-game counts (the per-game counts must be constant for the blocked "
-                     f"head): {uneven}. Use a batch size that is a multiple of {unit}, e.g. "
-                     f"{hint}, or give integer per-game counts as weights.")
-  return tuple(int(c) for c in counts)
+def steps_for_one_pass(selection_transitions: float, pool_transitions: float,
+                       samples_per_step: float, *,
+                       samples_per_transition: Optional[float] = None,
+                       episodes_per_step: float = 0.0,
+                       mean_episode_transitions: float = 0.0) -> int:
+  """Sampling steps for one game's pool to read its whole selection once (initial fill
+  included): the transitions left after the fill over those ingested per step, which are
+  samples_per_step / samples_per_transition (each stored transition is sampled about
+  samples_per_transition times before it is evicted), or else episodes_per_step x the mean
+  episode's transitions (refresh_episodes / refresh_every).
+  """
+  if samples_per_transition:
+    per_step = samples_per_step / samples_per_transition
+  else:
+    per_step = episodes_per_step * mean_episode_transitions
+  left = max(selection_transitions - pool_transitions, 0.0)
+  if not left:
+    return 0
+  if per_step <= 0:
+    raise ValueError("the refresh setting ingests nothing: the pool never turns over.")
+  return int(math.ceil(left / per_step))
 
 
 class _Stream:
@@ -385,6 +384,10 @@ class _Stream:
     self.epoch_length: Optional[int] = None  # episodes in one pass, once a pass has ended.
     self.resident = False  # the whole source fit in the pool during the fill.
     self.ended = False  # cycle=False and the source ran out: no more refreshes.
+    self.credit = 0.0  # transitions still to ingest (refresh by samples_per_transition).
+    # A positioned source (`UniformStream`) numbers its episodes itself ("stream_position",
+    # across epochs) and says how many one epoch holds.
+    self.pass_length: Optional[int] = getattr(source, "epoch_length", None)
 
   def open(self) -> None:
     offset = self.consumed % self.epoch_length if self.epoch_length else self.consumed
@@ -403,7 +406,13 @@ class MultiGameSampler:
     game_weights: relative samples per game (default equal); batch_size x weight / sum must be
       a whole number for every game, so per-game counts are the same in every batch.
     refresh_every: sampling steps between refreshes (0: never refresh after the fill).
-    refresh_episodes: episodes ingested per game at each refresh.
+    refresh_episodes: episodes ingested per game at each refresh (where samples_per_transition
+      is None).
+    samples_per_transition: R, the refresh in terms a user can reason about: each refresh
+      ingests, per game, the transitions sampled from its pool since the last one divided by R
+      (whole episodes; the remainder carries over), so each stored transition is sampled about
+      R times before it is evicted, the pool turns over every R x pool transitions / samples
+      per step steps, and one pass over the selection takes `steps_per_pass()` steps.
     checkpoint_range: (first, last) checkpoint ids kept on ingest, both included, e.g. (0, 9)
       for the paper's low-quality data; None keeps all.
     cycle: restart a source from position 0 when it runs out during refreshes.
@@ -420,6 +429,7 @@ class MultiGameSampler:
                games: Sequence[str], batch_size: int, pool_frames: int, *, n_step: int = 3,
                gamma: float = 0.99, game_weights: Optional[Sequence[float]] = None,
                refresh_every: int = 0, refresh_episodes: int = 1,
+               samples_per_transition: Optional[float] = None,
                checkpoint_range: Optional[tuple[int, int]] = None, cycle: bool = True,
                seed: int = 0, host_index: int = 0, stack_size: int = STACK_SIZE):
     self.games = tuple(get_game(g) for g in games)
@@ -448,6 +458,17 @@ class MultiGameSampler:
                        for g in self.games)
     self._streams = tuple(_Stream(as_source(by_name[g])) for g in names)
     self.refresh_every, self.refresh_episodes = int(refresh_every), int(refresh_episodes)
+    if samples_per_transition is not None and not (
+        isinstance(samples_per_transition, (int, float)) and
+        0 < samples_per_transition < math.inf):
+      raise ValueError(f"samples_per_transition must be a positive finite number (each stored "
+                       f"transition is sampled about that many times before it is evicted), "
+                       f"got {samples_per_transition!r}.")
+    if samples_per_transition and not self.refresh_every:
+      raise ValueError(f"samples_per_transition={samples_per_transition} needs refresh_every > "
+                       f"0: with refresh_every=0 the pool is never refreshed.")
+    self.samples_per_transition = (float(samples_per_transition) if samples_per_transition
+                                   else None)
     self.cycle, self.seed, self.host_index = bool(cycle), int(seed), int(host_index)
     self._game_id = np.repeat(np.arange(len(names), dtype=np.int32), self.counts)
     self._bounds = np.concatenate([[0], np.cumsum(self.counts)])
@@ -466,6 +487,7 @@ class MultiGameSampler:
                 stack_size=pool.stack_size,
                 checkpoint_range=list(pool.checkpoint_range) if pool.checkpoint_range else None,
                 refresh_every=self.refresh_every, refresh_episodes=self.refresh_episodes,
+                samples_per_transition=self.samples_per_transition,
                 cycle=self.cycle, seed=self.seed, host_index=self.host_index)
 
   # -- Reading the streams. -----------------------------------------------------------------
@@ -478,6 +500,12 @@ class MultiGameSampler:
     if stream.iterator is None:
       stream.open()
     episode = next(stream.iterator, None)
+    if episode is not None and isinstance(episode, Mapping) and "stream_position" in episode:
+      position = int(episode["stream_position"])
+      stream.consumed = position + 1
+      return position, episode
+    if episode is None and stream.pass_length is not None:
+      return None  # A positioned source that ends is not restarted (it cycles by itself).
     if episode is None and not during_fill and self.cycle and stream.consumed:
       if stream.epoch_length is None:
         stream.epoch_length = stream.consumed
@@ -498,8 +526,10 @@ class MultiGameSampler:
     for g, (pool, stream) in enumerate(zip(self.pools, self._streams)):
       while True:
         item = self._read(g, during_fill=True)
-        if item is None:
-          stream.resident = True
+        if item is None or (stream.pass_length is not None and item[0] >= stream.pass_length):
+          stream.resident = True  # The whole selection is in the pool (the item is a repeat).
+          if item is not None:
+            stream.consumed = item[0]  # Not taken: a restore re-reads up to here.
           break
         before = pool.num_episodes
         if pool.add(item[1], item[0]) and pool.num_episodes <= before:
@@ -510,10 +540,29 @@ class MultiGameSampler:
         kept = f" with checkpoint_id in {pool.checkpoint_range}" if pool.checkpoint_range else ""
         raise ValueError(f"game {pool.game.name!r}: its episode source yielded no episodes"
                          f"{kept} ({stream.consumed} read); every game needs data.")
+      if not stream.resident and not (self.refresh_every and (
+          self.samples_per_transition or self.refresh_episodes)):
+        raise ValueError(
+            f"game {pool.game.name!r}: its selection does not fit in the pool of "
+            f"{pool.capacity:,} frames, and refresh_every={self.refresh_every} with "
+            f"refresh_episodes={self.refresh_episodes} never replaces any of it: training would "
+            f"see only the first {pool.num_episodes} episodes read. Set refresh_every > 0 "
+            f"(and samples_per_transition), or a pool that holds the whole selection.")
     self._filled = True
 
   def _refresh(self) -> None:
     for g, (pool, stream) in enumerate(zip(self.pools, self._streams)):
+      if self.samples_per_transition:
+        # Ingest what the steps since the last refresh sampled, divided by R, in transitions.
+        stream.credit += self.counts[g] * self.refresh_every / self.samples_per_transition
+        while stream.credit > 0 and not (stream.resident or stream.ended):
+          item = self._read(g, during_fill=False)
+          if item is None:
+            stream.ended = True
+            break
+          if pool.add(item[1], item[0]):
+            stream.credit -= len(item[1]["observation"]) - 1
+        continue
       added = 0
       while added < self.refresh_episodes and not (stream.resident or stream.ended):
         item = self._read(g, during_fill=False)
@@ -521,6 +570,32 @@ class MultiGameSampler:
           stream.ended = True
           break
         added += pool.add(item[1], item[0])
+
+  def steps_per_pass(self) -> Optional[int]:
+    """Sampling steps (counting from step 0) until every game has read its whole selection
+    (this host's share) once: 0 where it all fits in the pool; None where unknown (a source
+    that does not say its epoch length, or no refresh). Fills the pools if they are not yet.
+
+    Needs the selection's size in transitions: its episodes (from the datasets' metadata) times
+    their mean length in the filled pool, an unbiased estimate where the pool is a uniform
+    sample of the selection (a `UniformStream` source).
+    """
+    if not self._filled:
+      self._fill()
+    worst = 0
+    for g, (pool, stream) in enumerate(zip(self.pools, self._streams)):
+      if stream.resident:
+        continue
+      episodes = stream.pass_length or stream.epoch_length
+      if episodes is None or not self.refresh_every:
+        return None
+      mean_transitions = pool.num_transitions / pool.num_episodes
+      worst = max(worst, steps_for_one_pass(
+          episodes * mean_transitions, pool.num_transitions, self.counts[g],
+          samples_per_transition=self.samples_per_transition,
+          episodes_per_step=self.refresh_episodes / self.refresh_every,
+          mean_episode_transitions=mean_transitions))
+    return worst
 
   # -- Batches. -----------------------------------------------------------------------------
   def sample(self, step: int) -> Batch:
@@ -563,7 +638,7 @@ class MultiGameSampler:
         oldest = pool.oldest
         games[pool.game.name] = dict(
             consumed=stream.consumed, epoch_length=stream.epoch_length,
-            resident=stream.resident, ended=stream.ended,
+            resident=stream.resident, ended=stream.ended, credit=stream.credit,
             first_live=oldest.position, first_live_frame=oldest.start,
             num_episodes=pool.num_episodes, num_frames=pool.num_frames)
     return dict(version=STATE_VERSION, step=self._step, config=self._fingerprint(), games=games)
@@ -585,6 +660,7 @@ class MultiGameSampler:
       for stream in self._streams:
         stream.iterator, stream.consumed = None, 0
         stream.epoch_length, stream.resident, stream.ended = None, False, False
+        stream.credit = 0.0
       for pool in self.pools:
         pool.clear()
       return
@@ -592,6 +668,7 @@ class MultiGameSampler:
       saved = state["games"][pool.game.name]
       stream.epoch_length = saved["epoch_length"]
       stream.resident, stream.ended = bool(saved["resident"]), bool(saved["ended"])
+      stream.credit = float(saved.get("credit", 0.0))
       stream.consumed = int(saved["first_live"])
       stream.iterator = None
       pool.clear(int(saved["first_live_frame"]))
@@ -608,78 +685,3 @@ class MultiGameSampler:
                          f"the saved state has {want}: the source is not the one the state was "
                          f"saved with.")
     self._filled = True
-
-
-class Prefetcher:
-  """Runs `sampler`'s batches in a background thread, up to `depth` ahead, in step order.
-
-  Same batches as the sampler alone; `state_dict()` is the state after the last batch returned,
-  so saving it beside a checkpoint resumes exactly. Call `close()` (or use `with`).
-  """
-
-  def __init__(self, sampler: MultiGameSampler, depth: int = 2):
-    if depth < 1:
-      raise ValueError(f"prefetch depth must be >= 1, got {depth}.")
-    self._sampler, self._depth = sampler, depth
-    self._thread = None
-    self._start()
-
-  def _start(self) -> None:
-    self._state = self._sampler.state_dict()
-    self._queue: queue.Queue = queue.Queue(self._depth)
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._produce, name="sampler-prefetch", daemon=True)
-    self._thread.start()
-
-  def _put(self, item) -> None:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return
-      except queue.Full:
-        pass
-
-  def _produce(self) -> None:
-    try:
-      while not self._stop.is_set():
-        self._put((next(self._sampler), self._sampler.state_dict()))
-    except BaseException as e:  # pylint: disable=broad-except
-      self._put(e)
-
-  def __iter__(self) -> "Prefetcher":
-    return self
-
-  def __next__(self) -> Batch:
-    if self._thread is None:
-      raise RuntimeError("the Prefetcher is closed.")
-    item = self._queue.get()
-    if isinstance(item, BaseException):
-      self.close()
-      raise item
-    batch, self._state = item
-    return batch
-
-  def state_dict(self) -> dict:
-    return self._state
-
-  def load_state_dict(self, state: Mapping[str, Any]) -> None:
-    self.close()
-    self._sampler.load_state_dict(state)
-    self._start()
-
-  def close(self) -> None:
-    if self._thread is None:
-      return
-    self._stop.set()
-    while self._thread.is_alive():
-      try:
-        self._queue.get(timeout=0.1)
-      except queue.Empty:
-        pass
-    self._thread = None
-
-  def __enter__(self) -> "Prefetcher":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()

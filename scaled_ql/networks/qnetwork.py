@@ -21,12 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scaled_ql.frames import OBSERVATION_SHAPE, STACK_SIZE
 from scaled_ql.games import MAX_ACTIONS
 from scaled_ql.networks.encoders import make_encoder
-
-FRAME_SHAPE = (84, 84)
-STACK_SIZE = 4
-OBSERVATION_SHAPE = (*FRAME_SHAPE, STACK_SIZE)
 
 
 class QNetworkOutput(NamedTuple):

@@ -18,8 +18,8 @@ from typing import Optional, Sequence, Union
 import reverb
 import tensorflow as tf
 
-STACK_SIZE = 4
-FRAME_SHAPE = (84, 84)
+from scaled_ql.frames import FRAME_SHAPE, STACK_SIZE
+
 ONLINE, OFFLINE, VARIABLES = "online", "offline", "variables"
 TRANSITION_FIELDS = ("observation", "action", "reward", "discount", "next_observation", "game_id")
 

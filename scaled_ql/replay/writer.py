@@ -17,8 +17,9 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 import reverb
 
-from scaled_ql.replay.server import (FRAME_SHAPE, ONLINE, TRANSITION_FIELDS, ReplayError,
-                                     check_table, port_open, transition_signature)
+from scaled_ql.frames import FRAME_SHAPE
+from scaled_ql.replay.server import (ONLINE, TRANSITION_FIELDS, ReplayError, check_table,
+                                     port_open, transition_signature)
 
 _POLL_MS = 500
 
