@@ -187,3 +187,25 @@ def test_bad_input_fails_before_training(repo, dataset, tmp_path):
   assert other.returncode != 0
   assert "another architecture (model.feature_dim: checkpoint 32 vs config 48)" in other.stderr
   assert other.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_corrupt_shard_met_mid_run_is_one_error_line_and_keeps_the_checkpoint(repo, tmp_path):
+  """A damaged TFRecord shard found after training started (here: on resume, while the pools
+  are rebuilt) ends the run with one `error:` line naming the file; the good checkpoint stays."""
+  root = tmp_path / "data"
+  for i, game in enumerate(GAMES):
+    data.generate_run(str(root), game, 1, num_checkpoints=2, steps_per_checkpoint=150, seed=i)
+  first = _run(repo, _cmd(tmp_path / "w", str(root), steps=10))
+  assert first.returncode == 0, first.stderr[-3000:]
+  shards = sorted(p for p in root.rglob("*.tfrecord*") if "Pong" in str(p))
+  assert shards
+  for shard in shards:  # Garble every record body of Pong's shards, keeping the file sizes.
+    raw = bytearray(shard.read_bytes())
+    raw[40:-40] = bytes(len(raw) - 80)
+    shard.write_bytes(bytes(raw))
+  result = _run(repo, _cmd(tmp_path / "w", str(root), steps=20))
+  assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and ".tfrecord" in last and "Pong" in last, last
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["10"]

@@ -106,7 +106,10 @@ def seed_offline(config, address: str) -> int:
   if not o.offline_transitions:
     return 0
   table = replay.OFFLINE if o.keep_offline else replay.ONLINE
-  episodes = data.read_episodes(config.data.data_dir, o.game, runs=list(config.data.runs) or None)
+  # The uniform stream: every prefix is about uniform over the selection (all runs and
+  # checkpoints), so the budget takes transitions of the whole data, not its first ones.
+  episodes = data.uniform_episodes(config.data.data_dir, o.game,
+                                   runs=list(config.data.runs) or None, seed=config.seed)
 
   def budgeted():
     total = 0  # Transitions: an RLDS episode of T steps holds T - 1 (its last step is final).

@@ -42,6 +42,7 @@ from typing import Any, Iterable, Union
 
 import numpy as np
 
+from scaled_ql import errors
 from scaled_ql.frames import FRAME_SHAPE
 from scaled_ql.games import Game, get_game
 
@@ -64,8 +65,9 @@ _CHECKPOINT_SPLIT_RE = re.compile(r"^checkpoint_(?P<id>\d+)$")
 CheckpointSelection = Union[None, int, Iterable[int]]
 
 
-class DatasetError(ValueError):
-  """A dataset on disk is missing, malformed or corrupt; the message names the file."""
+class DatasetError(errors.InputError):
+  """A dataset on disk is missing, malformed or corrupt; the message names the file (bad
+  input: a launch prints it as one `error:` line, also when met deep into a run)."""
 
 
 class CorruptDataError(DatasetError):

@@ -46,6 +46,16 @@ _HEADER = struct.Struct("<QI")  # A TFRecord: length, masked CRC of length, data
 _OPEN_FILES = 16  # Shard files each reading thread keeps open.
 
 
+@functools.lru_cache(maxsize=None)
+def _parser(filter_ids: bool):
+  """The record parser, traced once per process and filter mode (one per stream instance would
+  retrace for every game and resume, which TensorFlow warns about)."""
+  tf = _tf()
+  return tf.function(lambda record, wanted: parse_record(record, wanted, filter_ids),
+                     input_signature=[tf.TensorSpec([], tf.string),
+                                      tf.TensorSpec([None], tf.int64)], autograph=False)
+
+
 class UniformStream:
   """A game's episodes, this host's share, in the stratified uniform order (module docstring).
 
@@ -128,8 +138,8 @@ class UniformStream:
   def _decode(self):
     tf = _tf()
     wanted_ids = tf.constant(sorted(self._wanted) if self._filter else [], tf.int64)
-    return tf.function(lambda record: parse_record(record, wanted_ids, self._filter),
-                       input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+    parse = _parser(self._filter)
+    return lambda record: parse(record, wanted_ids)
 
   def _read(self, local: threading.local, unit: int, within: int, position: int):
     """Reads and decodes one record: the episode, or None where the filter drops it."""
