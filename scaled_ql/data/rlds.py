@@ -276,7 +276,10 @@ def serialize_episode(episode: dict[str, Any],
       "episode_id": ints([episode["episode_id"]]),
       "episode_return": floats([episode["episode_return"]]),
   }
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  # deterministic: map entries in key order. Without it, protobuf 5+ (upb) writes the feature
+  # map in an order that changes from process to process, so a dataset's bytes would too.
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+      deterministic=True)
 
 
 # ---------------------------------------------------------------------------------------------
