@@ -1,25 +1,43 @@
 # The two commands: `make demo` (the main job) and `make test` (the test suite).
-# Each sets itself up on a fresh machine: .venv with Python 3.11, the pinned package installed,
-# refreshed whenever setup.py changes.
+# Each sets itself up on a fresh machine, refreshed whenever setup.py or the constraints change:
+# - .venv: the pinned stack (Python 3.11, constraints/pinned.txt, Reverb for online fine-tuning);
+# - .venv-current: today's releases (Python 3.12, numpy 2, newest JAX and TensorFlow/TFDS for
+#   RLDS data), everything but online fine-tuning (Reverb has no Python 3.12 build).
 
 PYTHON ?= python3.11
+# Python 3.12 for the current stack: python3.12 on PATH, else a pyenv-installed 3.12.
+PYTHON_CURRENT ?= $(shell for p in python3.12 $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python 2>/dev/null | sort -V | tail -n 1); do $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+VENV_CURRENT := .venv-current
+PY_CURRENT := $(VENV_CURRENT)/bin/python
+STAMP_CURRENT := $(VENV_CURRENT)/.installed
 WORKDIR ?= runs/demo
+PYTEST_ARGS ?= -n 2 -rs --durations=10
 # Quiet TensorFlow's C++ logging and keep it (and JAX) off any accelerator during CPU runs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test clean
+.PHONY: setup setup-current demo test test-pinned test-current versions clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.py
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; scaled-ql needs Python 3.11 (set PYTHON=/path/to/python3.11)." >&2; exit 1; }
+setup-current: $(STAMP_CURRENT)
+
+$(STAMP): setup.py constraints/pinned.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; the pinned stack needs Python 3.11 (set PYTHON=/path/to/python3.11)." >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints/pinned.txt -e '.[data,online,test]'
 	@touch $(STAMP)
+
+$(STAMP_CURRENT): setup.py
+	@test -n "$(PYTHON_CURRENT)" || { echo "error: no Python 3.12 found for the current stack (set PYTHON_CURRENT=/path/to/python3.12)." >&2; exit 1; }
+	@test -x $(PY_CURRENT) || $(PYTHON_CURRENT) -m venv $(VENV_CURRENT)
+	$(PY_CURRENT) -m pip install --quiet --upgrade pip
+	$(PY_CURRENT) -m pip install --quiet --upgrade -e '.[data,test]'
+	@touch $(STAMP_CURRENT)
 
 # The main job at laptop scale: a 3-game dataset from the emulator (uniformly random behaviour,
 # 3 checkpoints per game), pre-training of the `demo` preset, and its evaluation in the emulator
@@ -42,8 +60,22 @@ demo: $(STAMP)
 	  --max_steps_per_episode=$(DEMO_EVAL_STEPS) --baselines=random,behaviour \
 	  --data_dir=$(WORKDIR)/data
 
-test: $(STAMP)
-	$(PY) -m pytest -n 2 --durations=15 tests
+# The whole suite on the pinned stack, then the core suite (online fine-tuning's tests skip
+# themselves without Reverb, with the reason shown) on the current stack.
+test: $(STAMP) $(STAMP_CURRENT) versions
+	$(MAKE) --no-print-directory -k test-pinned test-current
+
+versions: $(STAMP) $(STAMP_CURRENT)
+	@$(PY) tests/versions.py "pinned stack (.venv)"
+	@$(PY_CURRENT) tests/versions.py "current stack (.venv-current)"
+
+test-pinned: $(STAMP)
+	@$(PY) tests/versions.py "== pinned stack (.venv)"
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+test-current: $(STAMP_CURRENT)
+	@$(PY_CURRENT) tests/versions.py "== current stack (.venv-current)"
+	$(PY_CURRENT) -m pytest $(PYTEST_ARGS) tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_CURRENT) runs .pytest_cache

@@ -8,7 +8,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3.11}"
-EXTRAS="${EXTRAS:-online}"
+EXTRAS="${EXTRAS:-data,online}"
 CONSTRAINTS="${CONSTRAINTS:-$REPO/constraints/pinned.txt}"
 WORK="$(mktemp -d /tmp/scaled_ql_wheel.XXXXXX)"
 trap '[ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT

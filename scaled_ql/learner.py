@@ -80,7 +80,7 @@ def make_update_fn(model, optimizer: optax.GradientTransformation, loss_config,
     step = state.step + 1
     target_params = optax.periodic_update(params, state.target_params, step, target_update_period)
     metrics = dict(loss=out.loss, td_loss=out.td, cql_penalty=out.cql, q_data=out.q_data,
-                   q_logsumexp=out.q_logsumexp, grad_norm=optax.global_norm(grads))
+                   q_logsumexp=out.q_logsumexp, grad_norm=optax.tree_utils.tree_norm(grads))
     return TrainState(params, target_params, opt_state, step, state.rng), metrics
 
   return update

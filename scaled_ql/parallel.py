@@ -11,6 +11,7 @@ NumPy arrays into one global jax.Array sharded over `data`, without any host see
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Optional
 
@@ -34,10 +35,42 @@ CLASSIC_CPU_RUNTIME_ENCODERS = ("nature", "impala")
 _THUNK_RUNTIME = "--xla_cpu_use_thunk_runtime"
 
 
+def classic_cpu_runtime_available() -> bool:
+  """Whether this jaxlib's XLA:CPU still has the classic runtime. Newer XLA dropped it: the
+  flag is first ignored with a warning ("no longer supported"), later unknown, and XLA aborts
+  the process on an unknown flag, so it is never set where it is not known to work. jaxlib
+  0.4.x has it; newer builds are asked by looking for the flag and its retirement message
+  in their shared libraries (no process start needed)."""
+  return _classic_cpu_runtime_available()
+
+
+@functools.lru_cache(maxsize=1)
+def _classic_cpu_runtime_available() -> bool:
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import mmap  # pylint: disable=g-import-not-at-top
+
+  try:
+    version = importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return False
+  if version.startswith("0.4."):
+    return True
+  import jaxlib  # pylint: disable=g-import-not-at-top
+
+  flag = _THUNK_RUNTIME[2:].encode()
+  for path in glob.glob(os.path.join(os.path.dirname(jaxlib.__file__), "*.so")):
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+      if m.find(flag) >= 0:
+        return m.find(b'"' + flag + b'" is no longer supported') < 0
+  return False
+
+
 def xla_flags_for(encoder: str, xla_flags: str = "") -> str:
   """`xla_flags` (an XLA_FLAGS value) with XLA:CPU's runtime for `encoder` added, unless it
-  names a runtime already. Accelerators ignore the flag."""
-  if _THUNK_RUNTIME in xla_flags or encoder not in CLASSIC_CPU_RUNTIME_ENCODERS:
+  names a runtime already or this XLA has no classic runtime. Accelerators ignore the flag."""
+  if (_THUNK_RUNTIME in xla_flags or encoder not in CLASSIC_CPU_RUNTIME_ENCODERS
+      or not classic_cpu_runtime_available()):
     return xla_flags
   return f"{xla_flags} {_THUNK_RUNTIME}=false".strip()
 
@@ -53,6 +86,8 @@ def select_cpu_runtime(encoder: str) -> str:
   xla_flags = os.environ.get("XLA_FLAGS", "")
   if _THUNK_RUNTIME in xla_flags:
     return "as set in XLA_FLAGS"
+  if not classic_cpu_runtime_available():
+    return "JAX's default (this XLA has no classic runtime)"
   wanted = xla_flags_for(encoder, xla_flags)
   if wanted == xla_flags:
     return "thunk (JAX's default)"

@@ -9,7 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import run_module
+
+pytest.importorskip("reverb", reason="online fine-tuning needs Reverb (dm-reverb), on the pinned "
+                    "stack only (Python 3.11; no Python 3.12 build)")
 
 
 def _args(pretrained, workdir, *extra):

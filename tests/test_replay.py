@@ -7,7 +7,11 @@ import time
 
 import numpy as np
 import pytest
-import reverb
+
+reverb = pytest.importorskip(
+    "reverb", reason="online fine-tuning needs Reverb (dm-reverb), on the pinned stack only "
+    "(Python 3.11; no Python 3.12 build)")
+# pylint: disable=g-import-not-at-top,wrong-import-position
 
 from scaled_ql import replay
 from scaled_ql.data import sampler as sampler_lib

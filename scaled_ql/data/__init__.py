@@ -9,15 +9,38 @@
   any policy callable, or a mixture), several checkpoint ids per run;
 - `dqn_replay`: conversion of DQN Replay Dataset checkpoint files (Dopamine's replay buffer);
 - `batch`: the transition batch and its per-game counts; `sampler`: game-blocked batches from
-  bounded in-memory frame pools fed by the readers; `prefetch`: sampling ahead in a thread.
+  bounded in-memory frame pools fed by the readers; `prefetch`: sampling ahead in a thread;
+- `make`: the dataset jobs of `launch.make_dataset` (emulator, DQN Replay).
+
+Names are resolved on first use (PEP 562), so that `scaled_ql.data.batch` or `.sampler` (what
+the learner and the accelerator benchmark need) import without the emulator (ale-py) or
+TensorFlow.
 """
-from scaled_ql.data.dqn_replay import ReplayFileError, convert_run
-from scaled_ql.data.generate import BehaviourPolicy, PolicyFn, epsilon_greedy, generate_run
-from scaled_ql.data.rlds import (DEFAULT_DATASET_NAME, CorruptDataError, DatasetError,
-                                 DatasetExistsError, DatasetSource, EpisodeWriter, SplitSummary,
-                                 UniformStream, checkpoint_split, config_name, find_sources,
-                                 make_episode, read_episodes, uniform_episodes, uniform_sources)
-from scaled_ql.data.batch import Batch, split_batch
-from scaled_ql.data.prefetch import Prefetcher
-from scaled_ql.data.sampler import (FramePool, MultiGameSampler, steps_for_one_pass,
-                                    validate_episode)
+import importlib as _importlib
+
+_EXPORTS = {
+    "dqn_replay": ("ReplayFileError", "convert_run"),
+    "generate": ("BehaviourPolicy", "PolicyFn", "epsilon_greedy", "generate_run"),
+    "rlds": ("DEFAULT_DATASET_NAME", "CorruptDataError", "DatasetError", "DatasetExistsError",
+             "DatasetSource", "EpisodeWriter", "SplitSummary", "UniformStream",
+             "checkpoint_split", "config_name", "find_sources", "make_episode", "read_episodes",
+             "uniform_episodes", "uniform_sources"),
+    "batch": ("Batch", "split_batch"),
+    "prefetch": ("Prefetcher",),
+    "sampler": ("FramePool", "MultiGameSampler", "steps_for_one_pass", "validate_episode"),
+    "make": (),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+  if name in _EXPORTS:  # A submodule, as attribute (`data.rlds`, `data.sampler`).
+    return _importlib.import_module(f"{__name__}.{name}")
+  if name in _MODULE_OF:
+    return getattr(_importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_MODULE_OF))

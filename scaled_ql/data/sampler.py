@@ -52,7 +52,7 @@ cheaply (skip files); a plain sequence of episodes works as a source too.
 
 Speed. A batch is one `searchsorted` per game to map uniform draws to (episode, step), one
 fancy-index gather per stack slot, and lookups of the precomputed n-step arrays: ~29k
-transitions/s on one core at batch 512 (`python -m launch.benchmark --what=sampler`). Most of
+transitions/s on one core at batch 512 (`python -m benchmarks.sampler`). Most of
 that time is NumPy interleaving single frames into [B, 84, 84, 4] (strided byte copies).
 `scaled_ql.data.prefetch.Prefetcher` runs a sampler in a background thread a few batches ahead,
 so sampling overlaps the learner's device step; it gives the same batches and a state that

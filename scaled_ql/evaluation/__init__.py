@@ -12,15 +12,34 @@ Modules, in the order data flows through them:
   periodic   evaluation during pre-training (TensorBoard scalars, eval.jsonl);
   tables     text / Markdown tables;  plots  PNG figures (matplotlib, imported on use).
 """
-from scaled_ql.evaluation.baselines import BEHAVIOUR, RANDOM, behaviour_data, random_policy
-from scaled_ql.evaluation.periodic import (EVAL_LOG, append_jsonl, evaluate_during_training,
-                                           scalars)
-from scaled_ql.evaluation.policy import (GreedyFn, action_values, fixed_action_policy,
-                                         head_indices, make_greedy_policy)
-from scaled_ql.evaluation.restore import CheckpointError, EvalCheckpoint, load
-from scaled_ql.evaluation.results import Evaluation, from_rollouts, read, write
-from scaled_ql.evaluation.rollout import (DEFAULT_EPSILON, Episode, Rollouts, Settings,
-                                          check_budget, run_episodes)
-from scaled_ql.evaluation.scores import (Aggregates, Estimate, GameScore, aggregate, game_score,
-                                         normalize, score_matrix)
-from scaled_ql.evaluation.tables import aggregate_table, comparison_table, game_table, notes
+import importlib as _importlib
+
+# Names resolved on first use (PEP 562): `scaled_ql.evaluation.policy` (the greedy policy on an
+# accelerator) imports without the emulator (ale-py), rliable or pandas.
+_EXPORTS = {
+    "baselines": ("BEHAVIOUR", "RANDOM", "behaviour_data", "random_policy"),
+    "periodic": ("EVAL_LOG", "append_jsonl", "evaluate_during_training", "scalars"),
+    "policy": ("GreedyFn", "action_values", "fixed_action_policy", "head_indices",
+               "make_greedy_policy"),
+    "restore": ("CheckpointError", "EvalCheckpoint", "load"),
+    "results": ("Evaluation", "from_rollouts", "read", "write"),
+    "rollout": ("DEFAULT_EPSILON", "Episode", "Rollouts", "Settings", "check_budget",
+                "run_episodes"),
+    "scores": ("Aggregates", "Estimate", "GameScore", "aggregate", "game_score", "normalize",
+               "score_matrix"),
+    "tables": ("aggregate_table", "comparison_table", "game_table", "notes"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+  if name in _EXPORTS:  # A submodule, as attribute (`evaluation.scores`, `data.rlds`).
+    return _importlib.import_module(f"{__name__}.{name}")
+  if name in _MODULE_OF:
+    return getattr(_importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_MODULE_OF))

@@ -2,7 +2,7 @@
 
 XLA:CPU hands every convolution to Eigen, whose speed depends heavily on the convolution's shape.
 Measured on this project's 2-core AVX-512 machine at batch 256, as a fraction of the same run's
-float32 matmul rate (`python -m launch.benchmark --what=learner` prints whole-step figures):
+float32 matmul rate (`python -m benchmarks.learner` prints whole-step figures):
 
 - forward of DQN's first layer (8x8/4 on 4 channels): 0.15. Re-expressed by space-to-depth as
   a 2x2/1 convolution over 64 channels of 21x21 blocks: 0.34, the regrouping included. Layers

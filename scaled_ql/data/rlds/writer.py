@@ -91,7 +91,8 @@ def serialize_episode(episode: dict[str, Any],
       "episode_id": ints([episode["episode_id"]]),
       "episode_return": floats([episode["episode_return"]]),
   }
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+      deterministic=True)
 
 
 # ---------------------------------------------------------------------------------------------
