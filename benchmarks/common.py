@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import math
 import os
 import subprocess
@@ -99,19 +98,12 @@ def _ml_collections_or_stand_in() -> str:
 
 
 def load_config(name: str, preset: str | None = None):
-  """`get_config(preset)` of the config `name` ("pretrain", "finetune"): the package's
-  `scaled_ql.configs.<name>` where it exists, else the repository's `configs/<name>.py`.
-  Works without ml_collections (a stand-in ConfigDict; `config_source()` says which)."""
+  """`get_config(preset)` of the packaged config `scaled_ql.configs.<name>` ("pretrain",
+  "finetune"). Works without ml_collections (a stand-in ConfigDict; `config_source()` says
+  which)."""
   global _CONFIG_SOURCE
   _CONFIG_SOURCE = _ml_collections_or_stand_in()
-  try:
-    module = importlib.import_module(f"scaled_ql.configs.{name}")
-  except ModuleNotFoundError:
-    path = os.path.join(REPO, "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_benchmark_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return importlib.import_module(f"scaled_ql.configs.{name}").get_config(preset)
 
 
 _CONFIG_SOURCE = "ml_collections"

@@ -34,7 +34,9 @@ def run() -> None:
         f"({batch // len(games)} per game), 4-frame stacks, n = 3")
   rng = np.random.default_rng(0)
   streams = {g: common.synthetic_stream(g, 2 * capacity, rng) for g in games}
-  sampler = sampler_lib.MultiGameSampler(streams, games, batch, capacity, n_step=3, gamma=0.99)
+  # More data than the pools hold, refreshed every 1,000 steps (after the timed batches).
+  sampler = sampler_lib.MultiGameSampler(streams, games, batch, capacity, n_step=3, gamma=0.99,
+                                         refresh_every=1000)
   with common.timed() as fill:
     next(sampler)  # Fills the pools.
   for _ in range(3):
