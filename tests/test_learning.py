@@ -11,23 +11,32 @@ while a Q-function learns that the rewarded action is worth 1 and the others 0. 
 greedy action is the rewarded one on at least 95% of held-out cue frames (new noise and
 positions), checked every `EVAL_EVERY` updates.
 
-Measured (seed 0, batch 32, Adam lr 2e-4 as in the paper, the tiny preset's Nature-CNN with
-D = 32 features, CQL alpha 0.1, target copied every 10 updates), updates until learned:
+Measured (batch 32, Adam lr 2e-4 as in the paper, the tiny preset's Nature-CNN with D = 32
+features, CQL alpha 0.1, target copied every 10 updates), updates until learned, seed 0
+(seed 1 where run); "before" = unit-norm features straight into the heads, "now" = times
+sqrt(D), the default:
 
-  C51 + CQL, unit-norm features into the heads (before)   not within 1,200 (accuracy 0.0)
-  C51 + CQL, the same at lr 8e-4                            1,090
-  C51 + CQL, features x sqrt(D) (now the default)             950
-  HL-Gauss + CQL, unit-norm / x sqrt(D)                     not within 1,200 / 930
-  C51, alpha = 0, x sqrt(D)                                   700
-  MSE + CQL                                                    70
-  BC                                                        never (accuracy 0.08 at 1,200)
+  C51 + CQL, before                     not within 3,000 (accuracy 0.0 throughout)
+  C51 + CQL, before, at lr 8e-4         1,090
+  C51 + CQL, now                        950 (1,330)
+  HL-Gauss + CQL, before / now          not within 1,200 / 930 (870)
+  C51, alpha = 0, before / now          not within 1,600 (accuracy 0.56) / 710
+  MSE + CQL, before / now               70 / 80 (120)
+  BC                                    never (accuracy 0.08 at 1,200 updates, 0.16 at 600)
 
-The sqrt(D) scale is why (see `scaled_ql.networks.qnetwork`); larger fixed scales learn faster
-still (16: 580, 32: 450) but sqrt(D) is the one with a reason (unit RMS per coordinate, what
-the heads' initialisation assumes). What remains between C51 and MSE is the CQL penalty on a
-categorical mean: dQ/dlogits = p (z - Q) is as wide as the support while p is broad, so alpha
-weighs ~Var_p(z) times more against the cross-entropy than against an MSE until the
-distributions sharpen (and alpha = 0 learns sooner).
+The missing scale is the main reason (see `scaled_ql.networks.qnetwork`); larger fixed scales
+learn faster still (16: 580, 32: 450 updates) but sqrt(D) is the one with a reason (unit RMS
+per coordinate, what the heads' initialisation assumes). What remains between C51 and MSE is
+the CQL penalty on a categorical mean: dQ/dlogits = p (z - Q) is as wide as the support while
+p is broad, so alpha weighs ~Var_p(z) times more against the cross-entropy than against an
+MSE until the distributions sharpen (alpha = 0 learns sooner). Worse, it has a BC-like fixed
+point when the rewarded action is rare: moving mass eps of an action's distribution to v_min
+lowers its Q by eps (Q - v_min) at a cross-entropy cost of only ~eps, so CQL keeps draining a
+non-data action while alpha (pi(a) / mu(a) - 1) (Q - v_min) > 1, i.e. pi(a) > 2 mu(a) at
+alpha 0.1 on [-10, 10]. On a harsher variant of this task (Pong/Breakout, NOOP 0.75, the
+rewarded action 4-8% of the data) C51 + CQL's greedy action stayed NOOP for 1,000-1,500
+updates at every feature scale tried (1, sqrt(D), 16) while MSE + CQL learned in 220: a
+property of the method at alpha 0.1 (the tabular fixed point), not of this implementation.
 """
 from __future__ import annotations
 
@@ -102,7 +111,7 @@ def task_data():
 
 
 def updates_to_learn(kind: str = "c51", *, cql_alpha: float = 0.1, learning_rate: float = 2e-4,
-                     feature_scale=None, adam_eps=None, budget: int = 400, batch_size: int = 32,
+                     feature_scale=None, budget: int = 400, batch_size: int = 32,
                      seed: int = 0, threshold: float = 0.95, trace: bool = False):
   """Updates until the greedy action is the rewarded one on `threshold` of the held-out cue
   frames (checked every EVAL_EVERY updates); None if not within `budget`.
@@ -117,8 +126,6 @@ def updates_to_learn(kind: str = "c51", *, cql_alpha: float = 0.1, learning_rate
   config.loss.cql_alpha = cql_alpha
   config.model.num_atoms = 51 if kind in ("c51", "hl_gauss") else 1
   config.optimizer.learning_rate = learning_rate
-  if adam_eps is not None:
-    config.optimizer.adam_eps = adam_eps
   model = networks.build_q_network(config.model, len(GAMES))
   if feature_scale is not None:
     model = model.clone(feature_scale=feature_scale)
@@ -153,10 +160,12 @@ def updates_to_learn(kind: str = "c51", *, cql_alpha: float = 0.1, learning_rate
 
 
 # -- The regression tests. ------------------------------------------------------------------
-# Measured at seed 0 (updates to learn; see the module docstring): C51 + CQL 950, HL-Gauss + CQL
-# 930, MSE + CQL 70; C51 + CQL without the sqrt(D) feature scale not within 1,200.
-DISTRIBUTIONAL_BUDGET = 1600
-MSE_BUDGET = 200
+# Measured (updates to learn, seeds 0 / 1; see the module docstring): C51 + CQL 950 / 1,330,
+# HL-Gauss + CQL 930 / 870, MSE + CQL 80 / 120. The tests run seed 0; the budgets leave room
+# for the other seed's (or another JAX version's) trajectory. C51 + CQL without the sqrt(D)
+# feature scale did not learn within 3,000 updates.
+DISTRIBUTIONAL_BUDGET = 2400
+MSE_BUDGET = 300
 
 
 @pytest.mark.parametrize("kind", ["c51", "hl_gauss"])

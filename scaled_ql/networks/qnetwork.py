@@ -17,14 +17,15 @@ moment 1/D where the head's fan-in initialisation assumes ~1, and, more importan
 sum_d W_d f_d then moves by at most lr * |f|_1 <= lr * sqrt(D) per Adam step (each weight moves
 ~lr). A 51-atom softmax must open logit gaps of several units to put most of its mass on the
 target atoms: at lr 2e-4 on a controlled task (tests/test_learning.py) C51 + CQL had not
-learned after 1,200 updates where an MSE head on the same features needed 70. Multiplying the normalized features by a
-fixed sqrt(D) keeps the features' direction normalized (what the normalization is for: no
-growth of the feature norm, [SQL] after DR3, Kumar et al. 2022) and gives them unit RMS per
-coordinate, the scale the initialisation assumes; it is the fixed "scale layer" after L2
-normalization of NormFace (Wang et al. 2017, sec. 3.3), whose analysis is the same: softmax
-on unit-norm features cannot reach confident outputs without one. Equivalently: the head's
-kernel initialised sqrt(D) x larger and trained at a sqrt(D) x larger step. `feature_scale=1`
-restores the unscaled form.
+learned after 3,000 updates where an MSE head on the same features needed 70. Multiplying the
+normalized features by a fixed sqrt(D) keeps the features' direction normalized (what the
+normalization is for: no growth of the feature norm, [SQL] after DR3, Kumar et al. 2022) and
+gives them unit RMS per coordinate, the scale the initialisation assumes; it is the fixed
+"scale layer" after L2 normalization of NormFace (Wang et al. 2017, sec. 3.3), whose analysis
+is the same: softmax on unit-norm features cannot reach confident outputs without one.
+Equivalently: the head's kernel initialised sqrt(D) x larger and trained at a sqrt(D) x
+larger step. With it C51 + CQL learns that task in 950 updates; `feature_scale=1` restores
+the unscaled form.
 
 The 18 action slots are indices into each game's minimal action set (see `scaled_ql.games`);
 slots past a game's action count are illegal and the losses and policies mask them. The network
