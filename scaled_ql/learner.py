@@ -1,8 +1,9 @@
 """The train state and the jitted update step of Scaled Q-Learning (single-program form).
 
 One update: online logits at s, target-network logits at s', the loss of `config.loss.kind`
-(C51 + alpha * CQL by default; MSE TD, HL-Gauss or BC) over each example's legal actions, an Adam step, and the target
-network copied every `target_update_period` steps (optax.periodic_update).
+(C51 + alpha * CQL by default; MSE TD, HL-Gauss or BC) over each example's legal actions, an
+Adam step, and the target network copied every `target_update_period` steps
+(optax.periodic_update).
 
 `jit_update` compiles the update over a (data, model) device mesh (`scaled_ql.parallel`): the
 batch split over `data`, large parameters and their Adam moments split over `model`, the train

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 
 LOSS_KINDS = ("c51", "mse", "bc", "hl_gauss")
 DISTRIBUTIONAL_KINDS = ("c51", "hl_gauss")  # K > 1 logits per action, Q = mean over a support.
-# [HLG] Farebrother et al. 2024, sec. 3.1 and their Atari experiments: sigma / bin width = 0.75.
+# [HLG] Farebrother et al. 2024: sigma / bin width = 0.75, the ratio the paper recommends and
+# uses in its Atari experiments.
 HL_GAUSS_SIGMA_RATIO = 0.75
 
 
