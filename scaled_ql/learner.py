@@ -1,8 +1,9 @@
 """The train state and the jitted update step of Scaled Q-Learning (single-program form).
 
 One update: online logits at s, target-network logits at s', the loss of `config.loss.kind`
-(C51 + alpha * CQL by default) over each example's legal actions, an Adam step, and the target
-network copied every `target_update_period` steps (optax.periodic_update).
+(C51 + alpha * CQL by default; MSE TD, HL-Gauss or BC) over each example's legal actions, an
+Adam step, and the target network copied every `target_update_period` steps
+(optax.periodic_update).
 
 `jit_update` compiles the update over a (data, model) device mesh (`scaled_ql.parallel`): the
 batch split over `data`, large parameters and their Adam moments split over `model`, the train
@@ -61,8 +62,7 @@ def make_update_fn(model, optimizer: optax.GradientTransformation, loss_config,
   """
   legal_mask = jnp.asarray(legal_mask)
   kind = loss_config.kind
-  support = (losses.make_support(loss_config.v_min, loss_config.v_max, model.num_atoms)
-             if kind == "c51" else None)
+  support = losses.value_support(kind, loss_config.v_min, loss_config.v_max, model.num_atoms)
 
   def loss_fn(params, target_params, batch: Batch):
     online = model.apply({"params": params}, batch.observation, batch.game_id, block_size)

@@ -9,6 +9,11 @@ Shapes per example: logits [A, K] (A = 18 action slots, K atoms), q [A], legal [
   minus Q(s, a_data), with Q the mean of the categorical distribution, weighted by alpha.
 - MSE TD loss: the same target with a scalar Q per action (the paper shows it scales worse).
 - BC: cross-entropy of a policy over legal actions on the data action.
+- HL-Gauss (Farebrother et al. 2024, "Stop Regressing", arXiv 2403.03950): the scalar n-step
+  target (the target network's categorical mean at the greedy legal next action) spread into a
+  histogram over K bins of [v_min, v_max] by a Gaussian of sigma = 0.75 bin widths, and the
+  cross-entropy of the online logits against it. Q = the mean over the bin centres. CQL as
+  for C51.
 
 Rewards are clipped to [-1, 1] before n-step returns are summed (`n_step_return`). A target is
 built from `reward` = the n-step clipped discounted return and `discount` = gamma^k * (1 - done),
@@ -21,7 +26,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-LOSS_KINDS = ("c51", "mse", "bc")
+LOSS_KINDS = ("c51", "mse", "bc", "hl_gauss")
+DISTRIBUTIONAL_KINDS = ("c51", "hl_gauss")  # K > 1 logits per action, Q = mean over a support.
+# [HLG] Farebrother et al. 2024: sigma / bin width = 0.75, the ratio the paper recommends and
+# uses in its Atari experiments.
+HL_GAUSS_SIGMA_RATIO = 0.75
 
 
 def make_support(v_min: float, v_max: float, num_atoms: int) -> jax.Array:
@@ -30,6 +39,25 @@ def make_support(v_min: float, v_max: float, num_atoms: int) -> jax.Array:
     raise ValueError(f"a C51 support needs v_min < v_max and >= 2 atoms, got v_min={v_min}, "
                      f"v_max={v_max}, num_atoms={num_atoms}.")
   return jnp.linspace(v_min, v_max, num_atoms, dtype=jnp.float32)
+
+
+def bin_centers(v_min: float, v_max: float, num_bins: int) -> jax.Array:
+  """HL-Gauss's support: the centres of `num_bins` equal bins tiling [v_min, v_max]."""
+  if not v_min < v_max or num_bins < 2:
+    raise ValueError(f"an HL-Gauss support needs v_min < v_max and >= 2 bins, got "
+                     f"v_min={v_min}, v_max={v_max}, num_atoms={num_bins}.")
+  edges = jnp.linspace(v_min, v_max, num_bins + 1, dtype=jnp.float32)
+  return (edges[:-1] + edges[1:]) / 2
+
+
+def value_support(kind: str, v_min: float, v_max: float, num_atoms: int):
+  """The values Q averages over for loss `kind`: C51's atoms, HL-Gauss's bin centres, or None
+  for the scalar kinds ("mse", "bc")."""
+  if kind == "c51":
+    return make_support(v_min, v_max, num_atoms)
+  if kind == "hl_gauss":
+    return bin_centers(v_min, v_max, num_atoms)
+  return None
 
 
 def project_distribution(target_support, probabilities, support):
@@ -96,6 +124,33 @@ def c51_td_loss(logits, action, next_target_logits, reward, discount, legal, sup
   return -jnp.sum(target * jax.nn.log_softmax(logits[action]))
 
 
+def hl_gauss_target(target, support, sigma):
+  """The histogram of N(target, sigma^2) over the bins centred on `support` (equal widths),
+  renormalised to the mass inside [v_min, v_max]: [K].
+
+  [HLG] Appendix A: p_i = (Phi(e_{i+1}) - Phi(e_i)) / (Phi(e_K) - Phi(e_0)) over the bin edges
+  e_0..e_K, with Phi(x) = erf((x - target) / (sqrt(2) sigma)) (the 1/2 of the CDF cancels).
+  The target is clipped into [v_min, v_max] first, as C51 clips its target atoms: far outside
+  the range the in-range mass underflows to 0 and the ratio would be 0 / 0.
+  """
+  width = support[1] - support[0]
+  edges = jnp.concatenate([support - width / 2, support[-1:] + width / 2])
+  target = jnp.clip(target, edges[0], edges[-1])
+  cdf = jax.lax.erf((edges - target) / (jnp.sqrt(2.0) * sigma))
+  return (cdf[1:] - cdf[:-1]) / (cdf[-1] - cdf[0])
+
+
+def hl_gauss_td_loss(logits, action, next_target_logits, reward, discount, legal, support):
+  """Cross-entropy between the HL-Gauss histogram of the scalar n-step target and the online
+  distribution at the data action. The target: reward + discount * (the target network's
+  mean Q at its greedy legal next action)."""
+  next_q = mean_q(next_target_logits, support)  # [A]
+  target = reward + discount * masked_max(next_q, legal)
+  sigma = HL_GAUSS_SIGMA_RATIO * (support[1] - support[0])
+  probs = jax.lax.stop_gradient(hl_gauss_target(target, support, sigma))
+  return -jnp.sum(probs * jax.nn.log_softmax(logits[action]))
+
+
 def cql_penalty(q, action, legal):
   """logsumexp_{a legal} Q(s, a) - Q(s, a_data)."""
   return masked_logsumexp(q, legal) - q[action]
@@ -113,6 +168,7 @@ def bc_loss(logits, action, legal):
 
 
 batched_c51_td_loss = jax.vmap(c51_td_loss, in_axes=(0, 0, 0, 0, 0, 0, None))
+batched_hl_gauss_td_loss = jax.vmap(hl_gauss_td_loss, in_axes=(0, 0, 0, 0, 0, 0, None))
 batched_cql_penalty = jax.vmap(cql_penalty)
 batched_mse_td_loss = jax.vmap(mse_td_loss)
 batched_bc_loss = jax.vmap(bc_loss)
@@ -132,11 +188,16 @@ def scaled_ql_loss(kind: str, logits, next_target_logits, action, reward, discou
   """The total loss of one batch for the loss `kind`, with its parts for logging.
 
   logits, next_target_logits [B, A, K] (K = 1 for "mse" and "bc"); action [B] int;
-  reward, discount [B] float (see module docstring); legal [B, A] bool.
+  reward, discount [B] float (see module docstring); legal [B, A] bool; support [K]: the
+  kind's `value_support` (None for "mse" and "bc").
   """
   if kind == "c51":
     q = mean_q(logits, support)
     td = batched_c51_td_loss(logits, action, next_target_logits, reward, discount, legal, support)
+  elif kind == "hl_gauss":
+    q = mean_q(logits, support)
+    td = batched_hl_gauss_td_loss(logits, action, next_target_logits, reward, discount, legal,
+                                  support)
   elif kind == "mse":
     q = logits[..., 0]
     td = batched_mse_td_loss(q, action, next_target_logits[..., 0], reward, discount, legal)
@@ -157,8 +218,8 @@ def check_loss_config(kind: str, num_atoms: int, cql_alpha: float, n_step: int,
   """Raises a ValueError naming the field when `config.loss` / `config.model` disagree."""
   if kind not in LOSS_KINDS:
     raise ValueError(f"loss.kind={kind!r} is not a loss; choose one of {LOSS_KINDS}.")
-  if kind == "c51" and num_atoms < 2:
-    raise ValueError(f"loss.kind='c51' needs model.num_atoms >= 2, got {num_atoms}.")
+  if kind in DISTRIBUTIONAL_KINDS and num_atoms < 2:
+    raise ValueError(f"loss.kind={kind!r} needs model.num_atoms >= 2, got {num_atoms}.")
   if kind in ("mse", "bc") and num_atoms != 1:
     raise ValueError(f"loss.kind={kind!r} needs model.num_atoms=1 (a scalar per action), "
                      f"got {num_atoms}.")

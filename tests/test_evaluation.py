@@ -135,7 +135,8 @@ def test_policy_takes_each_examples_own_head_as_the_network_does(heads, batch):
   obs = rng.integers(0, 256, (batch, 84, 84, 4), dtype=np.uint8)
   game_id = rng.integers(0, len(heads), batch).astype(np.int32)
   logits = model.apply({"params": params}, obs, jnp.asarray(game_id), 1).logits
-  features = model.apply({"params": params}, obs, method="features")
+  # The heads see the unit-norm features times the network's scale (sqrt(D)).
+  features = model.apply({"params": params}, obs, method="features") * model.head_scale()
   every_head = (jnp.einsum("bd,gdk->bgk", features, params["head"]["kernel"])
                 + params["head"]["bias"][None])
   expected = every_head[jnp.arange(batch), jnp.asarray(game_id)]

@@ -1,4 +1,6 @@
 """Losses against independent float64 NumPy references."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,9 +172,9 @@ def test_mse_and_bc_match_references():
 @pytest.mark.parametrize("kind", losses.LOSS_KINDS)
 def test_total_loss_gradients_never_reach_illegal_actions(kind):
   rng = np.random.default_rng(3)
-  atoms = 11 if kind == "c51" else 1
+  atoms = 11 if kind in losses.DISTRIBUTIONAL_KINDS else 1
   logits, next_logits, legal, action, reward, discount = random_batch(rng, atoms=atoms)
-  support = losses.make_support(-10, 10, 11) if kind == "c51" else None
+  support = losses.value_support(kind, -10, 10, atoms)
 
   def total(lg):
     return losses.scaled_ql_loss(kind, lg, next_logits, action, reward, discount, legal,
@@ -218,5 +220,90 @@ def test_bad_loss_configs_name_the_field():
     losses.check_loss_config("c51", 1, 0.1, 3, 0.99)
   with pytest.raises(ValueError, match="cql_alpha"):
     losses.check_loss_config("c51", 51, -1.0, 3, 0.99)
+  with pytest.raises(ValueError, match="num_atoms"):
+    losses.check_loss_config("hl_gauss", 1, 0.1, 3, 0.99)
+  losses.check_loss_config("hl_gauss", 51, 0.1, 3, 0.99)
   with pytest.raises(ValueError, match="v_min"):
     losses.make_support(1.0, -1.0, 51)
+
+
+# -- HL-Gauss (Farebrother et al. 2024), against a reference written from the paper. -----------
+def reference_hl_gauss(target, v_min, v_max, num_bins, sigma_ratio=0.75):
+  """Bins of width w = (v_max - v_min) / num_bins; p_i = the mass of N(target, (0.75 w)^2) in
+  bin i over the mass in [v_min, v_max] (the paper's Appendix A), from math.erf, float64."""
+  w = (v_max - v_min) / num_bins
+  sigma = sigma_ratio * w
+  target = min(max(float(target), v_min), v_max)
+  cdf = [0.5 * (1 + math.erf((v_min + i * w - target) / (math.sqrt(2) * sigma)))
+         for i in range(num_bins + 1)]
+  return np.diff(cdf) / (cdf[-1] - cdf[0]), v_min + w * (np.arange(num_bins) + 0.5)
+
+
+def test_hl_gauss_support_is_the_bin_centres():
+  np.testing.assert_allclose(losses.bin_centers(-10, 10, 4), [-7.5, -2.5, 2.5, 7.5])
+  np.testing.assert_allclose(losses.value_support("hl_gauss", -10, 10, 51),
+                             reference_hl_gauss(0.0, -10, 10, 51)[1], atol=1e-5)
+  np.testing.assert_allclose(losses.value_support("c51", -10, 10, 51),
+                             np.linspace(-10, 10, 51), atol=1e-5)
+  assert losses.value_support("mse", -10, 10, 1) is None
+  with pytest.raises(ValueError, match="v_min"):
+    losses.bin_centers(1.0, -1.0, 51)
+
+
+@pytest.mark.parametrize("target", [0.0, 0.13, -3.7, 9.9, 10.0, -10.0, 25.0, -1e4, 0.2])
+def test_hl_gauss_target_matches_reference(target):
+  centres = losses.bin_centers(-10.0, 10.0, 51)
+  got = np.asarray(losses.hl_gauss_target(jnp.float32(target), centres, 0.75 * 20 / 51))
+  want, _ = reference_hl_gauss(target, -10.0, 10.0, 51)
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  assert abs(got.sum() - 1) < 1e-5 and (got >= 0).all()
+  if abs(target) <= 8:  # Away from the edges the histogram's mean is the target itself.
+    assert abs(float(got @ centres) - target) < 1e-3
+
+
+def test_hl_gauss_target_at_a_bin_centre_by_hand():
+  """Target on a centre: that bin holds P(|X| < w/2) = erf(0.5 / (0.75 sqrt 2)) of N(0, (0.75w)^2),
+  its neighbours each P(w/2 < X < 3w/2) (the tails beyond +-10 are negligible here)."""
+  centres = losses.bin_centers(-10.0, 10.0, 51)
+  got = np.asarray(losses.hl_gauss_target(centres[25], centres, 0.75 * 20 / 51))
+  mid = math.erf(0.5 / (0.75 * math.sqrt(2)))
+  side = 0.5 * (math.erf(1.5 / (0.75 * math.sqrt(2))) - mid)
+  np.testing.assert_allclose(got[24:27], [side, mid, side], rtol=1e-4)
+
+
+def test_hl_gauss_loss_matches_reference_and_ignores_illegal_actions():
+  rng = np.random.default_rng(6)
+  logits, next_logits, legal, action, reward, discount = random_batch(rng, atoms=21)
+  reward = reward * 3  # Some targets beyond the support: clipped into it.
+  next_logits[:, -1, -1] = 50.0  # An illegal action that looks best must never be chosen.
+  legal[:, -1] = False
+  centres = losses.value_support("hl_gauss", -5.0, 5.0, 21)
+  got = np.asarray(losses.batched_hl_gauss_td_loss(logits, action, next_logits, reward,
+                                                   discount, legal, centres))
+  for i in range(len(action)):
+    _, ref_centres = reference_hl_gauss(0.0, -5.0, 5.0, 21)
+    q_next = softmax64(next_logits[i]) @ ref_centres
+    target = float(reward[i]) + float(discount[i]) * q_next[legal[i]].max()
+    probs, _ = reference_hl_gauss(target, -5.0, 5.0, 21)
+    want = -(probs * np.log(softmax64(logits[i, action[i]]))).sum()
+    np.testing.assert_allclose(got[i], want, rtol=2e-5)
+  out = losses.scaled_ql_loss("hl_gauss", logits, next_logits, action, reward, discount, legal,
+                              centres, cql_alpha=0.3)
+  np.testing.assert_allclose(out.td, got.mean(), rtol=1e-6)
+  q = np.einsum("bak,k->ba", np.stack([softmax64(x) for x in logits]), np.asarray(centres))
+  np.testing.assert_allclose(out.q_data, q[np.arange(len(action)), action].mean(), rtol=1e-5)
+  np.testing.assert_allclose(out.loss, out.td + 0.3 * out.cql, rtol=1e-6)
+
+
+def test_hl_gauss_gradient_is_softmax_minus_histogram():
+  centres = losses.bin_centers(-10, 10, 51)
+  rng = np.random.default_rng(7)
+  logits = jnp.asarray(rng.normal(size=(18, 51)), jnp.float32)
+  next_logits = jnp.asarray(rng.normal(size=(18, 51)), jnp.float32)
+  legal = jnp.arange(18) < 4
+  grad = jax.grad(losses.hl_gauss_td_loss)(logits, 1, next_logits, 0.5, 0.9, legal, centres)
+  q_next = jax.nn.softmax(next_logits) @ centres
+  target = 0.5 + 0.9 * float(jnp.max(jnp.where(legal, q_next, -jnp.inf)))
+  probs, _ = reference_hl_gauss(target, -10, 10, 51)
+  np.testing.assert_allclose(grad[1], jax.nn.softmax(logits[1]) - probs, atol=2e-6)
+  assert float(jnp.abs(grad).sum() - jnp.abs(grad[1]).sum()) == 0.0

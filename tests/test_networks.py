@@ -84,8 +84,27 @@ def test_each_example_uses_its_own_games_head_and_blocking_is_exact():
   single = model.apply({"params": params}, obs, gid, block_size=1)
   np.testing.assert_allclose(blocked.logits, single.logits, rtol=1e-5, atol=1e-6)
   kernel, bias = params["head"]["kernel"], params["head"]["bias"]
-  manual = jnp.einsum("bd,bdk->bk", single.features, kernel[gid]) + bias[gid]
-  np.testing.assert_allclose(single.logits.reshape(8, -1), manual, rtol=1e-5, atol=1e-6)
+  # The heads see the unit-norm features times sqrt(D) (D = 16 here).
+  manual = jnp.einsum("bd,bdk->bk", 4.0 * single.features, kernel[gid]) + bias[gid]
+  np.testing.assert_allclose(single.logits.reshape(8, -1), manual, rtol=1e-5, atol=1e-5)
+
+
+def test_heads_see_the_unit_norm_features_times_sqrt_d():
+  """Initial logits of unit-ish scale (the fan-in init's assumption), whatever D; the
+  unscaled form (feature_scale=1) gives logits sqrt(D) x smaller."""
+  obs, gid = observations(16, seed=7), jnp.zeros(16, jnp.int32)
+  stds = []
+  for dim in (16, 256):
+    cfg = dict(SMALL_MODELS["nature"], spatial_features=4, feature_dim=dim, num_atoms=11)
+    model = networks.build_q_network(cfg, 1)
+    assert model.head_scale() == pytest.approx(dim ** 0.5)
+    params = networks.init_params(model, jax.random.PRNGKey(0))
+    out = model.apply({"params": params}, obs, gid)
+    np.testing.assert_allclose(jnp.linalg.norm(out.features, axis=-1), 1.0, rtol=1e-5)
+    unscaled = model.clone(feature_scale=1.0).apply({"params": params}, obs, gid)
+    np.testing.assert_allclose(out.logits, unscaled.logits * dim ** 0.5, rtol=1e-4, atol=1e-5)
+    stds.append(float(jnp.std(out.logits)))
+  assert all(0.5 < s < 1.5 for s in stds), stds
 
 
 def test_examples_are_independent_of_the_rest_of_the_batch():

@@ -10,7 +10,8 @@ Presets:
 
 Sources: [SQL] Kumar et al., "Offline Q-Learning on Diverse Multi-Task Data Both Scales and
 Generalizes", ICLR 2023; [C51] Bellemare et al. 2017; [DOP] Dopamine's
-C51/Rainbow Atari defaults (google/dopamine, jax agents' gin files).
+C51/Rainbow Atari defaults (google/dopamine, jax agents' gin files); [HLG] Farebrother et al.,
+"Stop Regressing: Training Value Functions via Classification for Scalable Deep RL", ICML 2024.
 """
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def _base() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32).
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.kind = "c51"  # "c51" (Scaled QL) | "mse" (MSE TD, [SQL] ablation) | "bc".
+  # "c51" (Scaled QL) | "mse" (MSE TD, [SQL] ablation) | "bc" | "hl_gauss" ([HLG]: the scalar
+  # TD target as a Gaussian histogram, sigma = 0.75 bin widths, over model.num_atoms bins of
+  # [v_min, v_max]; cross-entropy; CQL as for C51).
+  c.loss.kind = "c51"
   # CQL weight. [SQL]'s main text gives no single value; 0.1 is the Atari setting of Kumar et
   # al. 2022 ("Should I Run Offline RL or BC?"), the CQL code base [SQL] builds on.
   # 0 = plain offline C51 (an [SQL] baseline).

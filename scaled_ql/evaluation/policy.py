@@ -6,6 +6,7 @@ the whole batch and each example takes its own game's head (the head's block_siz
 any mix of games is one batch and one compilation; the game indices are data.
 The action maximises, over the game's legal action slots only,
   - C51 ("c51"): the mean of the return distribution, Q(s, a) = sum_i softmax(logits)_i z_i;
+  - HL-Gauss ("hl_gauss"): the same mean, over the bin centres (`losses.value_support`);
   - MSE TD ("mse"): the scalar Q(s, a) the network outputs;
   - behaviour cloning ("bc"): the policy logit (argmax of softmax = argmax of logits).
 Exploration (epsilon) is not here: the rollout applies it per env with its own seeded
@@ -28,8 +29,9 @@ GreedyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def action_values(loss_kind: str, logits, support=None):
-  """The values the greedy action maximises: [B, A, K] logits -> [B, A]."""
-  if loss_kind == "c51":
+  """The values the greedy action maximises: [B, A, K] logits -> [B, A]; support: the kind's
+  `losses.value_support` (distributional kinds only)."""
+  if loss_kind in losses.DISTRIBUTIONAL_KINDS:
     return losses.mean_q(logits, support)
   if loss_kind in ("mse", "bc"):
     return logits[..., 0]
@@ -53,7 +55,7 @@ def _compiled_greedy(model, loss_kind: str, heads: tuple[int, ...], games: tuple
   the same network reuse one compilation."""
   heads = jnp.asarray(heads, jnp.int32)
   legal = jnp.asarray(games_lib.legal_action_mask(games))
-  support = losses.make_support(v_min, v_max, model.num_atoms) if loss_kind == "c51" else None
+  support = losses.value_support(loss_kind, v_min, v_max, model.num_atoms)
 
   @jax.jit
   def greedy(params, observation, game_index):
