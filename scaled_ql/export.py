@@ -48,7 +48,9 @@ class LoadedBackbone:
   module.apply({"params": params}, observation) -> unit-norm features [B, feature_dim], the
   same features as the pre-trained Q-network's. `heads` (or None when not exported) is the
   pre-training head's parameters ({"kernel": [G, D, 18 * atoms], "bias": [G, 18 * atoms]}),
-  head g for info["games"][g]["name"].
+  head g for info["games"][g]["name"]; the heads were trained on the features times
+  info["feature_scale"] (0: sqrt(feature_dim); see networks/qnetwork.py), as
+  `model_config` tells `build_q_network`.
   """
   module: networks.Backbone
   params: Any
@@ -58,7 +60,9 @@ class LoadedBackbone:
   @property
   def model_config(self) -> dict:
     """The backbone's `config.model` fields (plus num_atoms), for `build_q_network`."""
-    return dict(self.info["architecture"], num_atoms=self.info["num_atoms"])
+    # Artifacts written before the heads saw scaled features were trained with scale 1.
+    return dict(self.info["architecture"], num_atoms=self.info["num_atoms"],
+                feature_scale=self.info.get("feature_scale", 1.0))
 
   @property
   def games(self) -> tuple[str, ...]:
@@ -99,6 +103,7 @@ def write_artifact(out_dir: str, *, model_config: Mapping[str, Any], params: Any
       format=FORMAT, version=VERSION,
       architecture={k: model_config[k] for k in networks.BACKBONE_FIELDS},
       num_atoms=int(model_config["num_atoms"]), loss_kind=loss_kind,
+      feature_scale=float(model_config.get("feature_scale", 0.0)),
       v_min=float(v_range[0]), v_max=float(v_range[1]),
       games=[dict(name=g.name, num_actions=g.num_actions) for g in game_list],
       step=int(step), dataset=dict(dataset or {}), source=source,
@@ -228,6 +233,7 @@ def export_checkpoint(path: str, out: Optional[str] = None, *, heads: bool = Tru
   dataset = {k[len("data."):]: v for k, v in config.items() if k in (
       "data.data_dir", "data.runs", "data.checkpoint_range")}
   model_config = {k: getattr(ckpt.model, k) for k in (*networks.BACKBONE_FIELDS, "num_atoms")}
+  model_config["feature_scale"] = ckpt.model.feature_scale or 0.0  # None: sqrt(D), stored as 0.
   model_config["dtype"] = config.get("model.dtype", "float32")
   with errors.input_checks(FileExistsError):
     write_artifact(

@@ -93,5 +93,6 @@ def describe(meta: dict, config: Optional[dict] = None) -> Described:
   config = config or {}
   v_min, v_max = meta.get("v_range") or (config.get("loss.v_min", DEFAULT_V_RANGE[0]),
                                          config.get("loss.v_max", DEFAULT_V_RANGE[1]))
-  return Described(dict(meta["model"]), tuple(meta["games"]), meta["loss_kind"], float(v_min),
-                   float(v_max))
+  model = dict(meta["model"])
+  model.setdefault("feature_scale", 1.0)  # Trained before the heads saw scaled features.
+  return Described(model, tuple(meta["games"]), meta["loss_kind"], float(v_min), float(v_max))

@@ -104,3 +104,21 @@ def test_the_loop_reads_the_device_only_at_log_points_and_checkpoints(pretrained
     with config.unlocked():
       config.log_every = 0
     loop.train(config, str(tmp_path / "bad"))
+
+
+def test_checkpoints_from_before_the_feature_scale_are_read_unscaled():
+  """Metadata without model.feature_scale (written before the heads saw sqrt(D) x the
+  features) describes the unscaled network; a new config's 0 means sqrt(D)."""
+  from scaled_ql import networks, run_meta  # pylint: disable=g-import-not-at-top
+  config = load_config("configs/pretrain.py", "tiny")
+  meta = run_meta.build(config)
+  assert meta["model"]["feature_scale"] == 0.0
+  model = networks.build_q_network(run_meta.describe(meta).model, 3)
+  assert model.head_scale() == pytest.approx(config.model.feature_dim ** 0.5)
+  old = dict(meta, model={k: v for k, v in meta["model"].items() if k != "feature_scale"})
+  old.pop("v_range")
+  described = run_meta.describe(old, {"loss.v_min": -5.0, "loss.v_max": 5.0})
+  assert networks.build_q_network(described.model, 3).head_scale() == 1.0
+  assert (described.v_min, described.v_max) == (-5.0, 5.0)
+  with pytest.raises(ValueError, match="another architecture.*feature_scale"):
+    run_meta.check_resume_compatible(old, meta, "w")

@@ -87,12 +87,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.data.runs = (1,)
       c.data.pool_frames_per_game = 20_000
       c.data.refresh_every = 0
+      c.data.samples_per_transition = 0.0  # no refresh: the small dataset is resident.
     else:
       c.games = (preset[len("offline_"):],)
       c.data.runs = (1,)
       c.data.checkpoint_range = (48, 49)
       c.data.pool_frames_per_game = 2_000_000
       c.data.refresh_every = 0  # the budget is resident: nothing else is read.
+      c.data.samples_per_transition = 0.0
       c.batch_size = 32  # [SQL] single-game batch.
       c.num_steps = 300_000  # not a paper value: set it for your budget.
       c.eval_every = 25_000

@@ -37,6 +37,12 @@ def _base() -> ml_collections.ConfigDict:
   c.model.spatial_features = 100
   c.model.feature_dim = 128
   c.model.num_atoms = 51  # [C51] 51 atoms.
+  # Scale on the unit-norm features going into the heads; 0 = sqrt(feature_dim). [SQL] states
+  # none; sqrt(D) gives the features unit RMS per coordinate, the scale the heads' init assumes,
+  # and lets a 51-atom softmax learn at the paper's lr (scaled_ql/networks/qnetwork.py; NormFace,
+  # Wang et al. 2017, sec. 3.3). 1 = the unscaled form (checkpoints made before this field
+  # existed were trained so, and are read so).
+  c.model.feature_scale = 0.0
   c.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32).
 
   c.loss = ml_collections.ConfigDict()

@@ -62,8 +62,11 @@ def build_q_network(model_config: Mapping[str, Any], num_games: int) -> MultiGam
   _check_positive(model_config, "num_atoms")
   if not isinstance(num_games, (int, np.integer)) or num_games < 1:
     raise ValueError(f"the number of games must be a positive integer, got {num_games!r}.")
+  scale = model_config.get("feature_scale", 0.0)
+  if not isinstance(scale, (int, float)) or scale < 0:
+    raise ValueError(f"model.feature_scale must be >= 0 (0 = sqrt(feature_dim)), got {scale!r}.")
   return MultiGameQNetwork(num_games=int(num_games), num_atoms=int(model_config["num_atoms"]),
-                           **kwargs)
+                           feature_scale=float(scale) or None, **kwargs)
 
 
 def split_params(params) -> tuple[dict, Any]:
