@@ -112,8 +112,11 @@ def test_checkpoint_of_a_sharded_4_device_run_resumes_on_1_device(repo, dataset,
   result = _run(repo, _cmd(tmp_path, dataset))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "resumed from step 20" in result.stdout and "1 devices" in result.stdout
+  # atol 2e-5: on this 2-core machine the pinned stack's sharded run ends 1.1e-5 away on 2 of
+  # 64 small elements (the same with the code before the two stacks); Adam's division by
+  # sqrt(v) amplifies reassociation in small gradients.
   for a, b in zip(_final_params(str(tmp_path)), uninterrupted):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
 
 
 def test_two_processes_checkpoint_and_resume(repo, dataset, tmp_path):
