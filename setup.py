@@ -31,8 +31,10 @@ INSTALL_REQUIRES = [
     "rliable>=1.2.0",
     "pandas>=2.1,<3",  # rliable -> arch breaks under pandas 3.
     "matplotlib>=3.8",
-    # Metrics: clu's writers; TensorBoard event files without TensorFlow through tensorboardX.
+    # Metrics: clu's writers (its SummaryWriter imports tensorflow and tensorboard; TF 2.16+
+    # no longer pulls tensorboard in); TensorBoard event files without TensorFlow: tensorboardX.
     "clu>=0.0.12",
+    "tensorboard>=2.15",
     "tensorboardX>=2.6",
     "tqdm>=4.66",
 ]
