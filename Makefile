@@ -19,7 +19,7 @@ PYTEST_ARGS ?= -n 2 -rs --durations=10
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-current demo test test-pinned test-current versions clean
+.PHONY: setup setup-current demo test test-pinned test-current wheel-check versions clean
 
 setup: $(STAMP)
 
@@ -63,7 +63,7 @@ demo: $(STAMP)
 # The whole suite on the pinned stack, then the core suite (online fine-tuning's tests skip
 # themselves without Reverb, with the reason shown) on the current stack.
 test: $(STAMP) $(STAMP_CURRENT) versions
-	$(MAKE) --no-print-directory -k test-pinned test-current
+	$(MAKE) --no-print-directory -k test-pinned test-current wheel-check
 
 versions: $(STAMP) $(STAMP_CURRENT)
 	@$(PY) tests/versions.py "pinned stack (.venv)"
@@ -76,6 +76,11 @@ test-pinned: $(STAMP)
 test-current: $(STAMP_CURRENT)
 	@$(PY_CURRENT) tests/versions.py "== current stack (.venv-current)"
 	$(PY_CURRENT) -m pytest $(PYTEST_ARGS) tests
+
+# The package as a user installs it: a wheel of this checkout in a fresh virtualenv outside it
+# (pinned stack), running every job with the README's commands from there.
+wheel-check:
+	PYTHON=$(PYTHON) bash .ci/wheel_check.sh
 
 clean:
 	rm -rf $(VENV) $(VENV_CURRENT) runs .pytest_cache
