@@ -199,7 +199,7 @@ def train(config, workdir: str, *, what: str = "pre-training", hooks: Optional[H
   finally:
     bar.close()
     batches.close()
-    writer.flush()
+    writer.close()
     ckpt.wait()
     ckpt.close()
   if host == 0 and os.path.exists(metrics_lib.metrics_path(workdir)):

@@ -9,16 +9,38 @@ import sys
 import jax
 import numpy as np
 import tqdm
-from clu import metric_writers
 
 METRICS_LOG = "metrics.jsonl"
 
 
-def metric_writer(logdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard scalars from process 0 (asynchronous); other processes write nothing."""
-  if jax.process_index() != 0:
-    return metric_writers.MultiWriter([])
-  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
+class ScalarWriter:
+  """TensorBoard scalars (tensorboardX event files, written by its own thread): the interface
+  of clu's writers (write_scalars, flush, close) without TensorFlow, so a run from in-memory or
+  emulator data needs none. `logdir` None writes nothing (processes other than 0)."""
+
+  def __init__(self, logdir: str | None):
+    self._writer = None
+    if logdir is not None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._writer = SummaryWriter(logdir, flush_secs=10)
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    if self._writer is not None:
+      for name, value in scalars.items():
+        self._writer.add_scalar(name, float(value), int(step))
+
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def metric_writer(logdir: str) -> ScalarWriter:
+  """TensorBoard scalars from process 0; other processes write nothing."""
+  return ScalarWriter(logdir if jax.process_index() == 0 else None)
 
 
 def progress(total, initial: int = 0, desc: str = "train", unit: str = "step"):
