@@ -88,7 +88,7 @@ def plan(budget: str = "default", scale: float = 1.0, seed: int = 0) -> Plan:
   common = dict(heldout_game="ms_pacman", seed=seed)
   if budget == "test":
     p = Plan(train_games=("boxing", "breakout"), variant=("breakout", 12, 1),
-             agent_preset="tiny", agent_checkpoints=5, agent_steps_per_checkpoint=100,
+             agent_preset="tiny", agent_checkpoints=5, agent_steps_per_checkpoint=250,
              pretrain_preset="tiny", pretrain_steps=6, methods=("scaled_ql", "bc"),
              splits=SPLITS, sizes=(("s", (("feature_dim", 16),)), ("m", ())),
              finetune_offline_steps=4, finetune_online_env_steps=200, eval_episodes=1,
@@ -135,6 +135,12 @@ def check(p: Plan) -> None:
   if mode not in modes or difficulty not in difficulties:
     raise ValueError(f"{game} has no variant mode {mode}, difficulty {difficulty}; its ROM offers "
                      f"modes {list(modes)} and difficulties {list(difficulties)}.")
+  if p.finetune_online_env_steps:
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    if importlib.util.find_spec("reverb") is None:
+      raise ValueError("the online transfer stage needs Reverb, which is not installed: install "
+                       "the pinned stack with the `online` extra (Python 3.11), or leave that "
+                       "stage out (finetune_online_env_steps=0).")
   unknown = [m for m in p.methods if m not in METHODS]
   if unknown:
     raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}.")
