@@ -300,27 +300,21 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print) -> dict
                lambda folder: dict(info=export.export_checkpoint(
                    stages.path(source), backbone, overwrite=True)[1]["sha256"]))
     for init in ("pretrained", "scratch"):
-      if p.finetune_offline_steps:
-        name = f"transfer/offline_{init}"
-        c = _finetune_config(p, "offline", init, data_dir)
+      for mode, budget, games_played, behaviour in (
+          ("offline", p.finetune_offline_steps, (p.heldout_game,), True),
+          ("online", p.finetune_online_env_steps, (p.variant[0],), False)):
+        if not budget:
+          continue
+        name = f"transfer/{mode}_{init}"
+        c = _finetune_config(p, mode, init, data_dir)
         stages.run(name, dict(config=json.loads(c.to_json())),
                    lambda folder, c=c: _train_result(finetuning.finetune(c, folder, backbone)))
         evaluated[name] = stages.run(
             f"eval/{name}", dict(checkpoint=name, episodes=p.eval_episodes,
                                  max_steps=p.eval_max_steps),
-            lambda folder, n=name: _evaluate(p, stages.path(n), folder, (p.heldout_game,),
-                                             True))
-        evaluated[name]["label"] = f"offline fine-tuning, {init}"
-      if p.finetune_online_env_steps:
-        name = f"transfer/online_{init}"
-        c = _finetune_config(p, "online", init, data_dir)
-        stages.run(name, dict(config=json.loads(c.to_json())),
-                   lambda folder, c=c: _train_result(finetuning.finetune(c, folder, backbone)))
-        evaluated[name] = stages.run(
-            f"eval/{name}", dict(checkpoint=name, episodes=p.eval_episodes,
-                                 max_steps=p.eval_max_steps),
-            lambda folder, n=name: _evaluate(p, stages.path(n), folder, (p.variant[0],), False))
-        evaluated[name]["label"] = f"online fine-tuning, {init}"
+            lambda folder, n=name, g=games_played, b=behaviour: _evaluate(
+                p, stages.path(n), folder, g, b))
+        evaluated[name]["label"] = f"{mode} fine-tuning, {init}"
 
   # -- Report. --------------------------------------------------------------------------------
   return write_report(stages, p, evaluated)

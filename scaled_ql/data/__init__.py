@@ -16,7 +16,7 @@ Names are resolved on first use (PEP 562), so that `scaled_ql.data.batch` or `.s
 the learner and the accelerator benchmark need) import without the emulator (ale-py) or
 TensorFlow.
 """
-import importlib as _importlib
+from scaled_ql import _lazy
 
 _EXPORTS = {
     "dqn_replay": ("ReplayFileError", "convert_run"),
@@ -30,17 +30,4 @@ _EXPORTS = {
     "sampler": ("FramePool", "MultiGameSampler", "steps_for_one_pass", "validate_episode"),
     "make": (),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-  if name in _EXPORTS:  # A submodule, as attribute (`data.rlds`, `data.sampler`).
-    return _importlib.import_module(f"{__name__}.{name}")
-  if name in _MODULE_OF:
-    return getattr(_importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-  return sorted(set(globals()) | set(_MODULE_OF))
+__getattr__, __dir__, __all__ = _lazy.exports(__name__, _EXPORTS)

@@ -12,7 +12,7 @@ Modules, in the order data flows through them:
   periodic   evaluation during pre-training (TensorBoard scalars, eval.jsonl);
   tables     text / Markdown tables;  plots  PNG figures (matplotlib, imported on use).
 """
-import importlib as _importlib
+from scaled_ql import _lazy
 
 # Names resolved on first use (PEP 562): `scaled_ql.evaluation.policy` (the greedy policy on an
 # accelerator) imports without the emulator (ale-py), rliable or pandas.
@@ -28,18 +28,6 @@ _EXPORTS = {
     "scores": ("Aggregates", "Estimate", "GameScore", "aggregate", "game_score", "normalize",
                "score_matrix"),
     "tables": ("aggregate_table", "comparison_table", "game_table", "notes"),
+    "job": (),  # the evaluation job of launch.evaluate
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-  if name in _EXPORTS:  # A submodule, as attribute (`evaluation.scores`, `data.rlds`).
-    return _importlib.import_module(f"{__name__}.{name}")
-  if name in _MODULE_OF:
-    return getattr(_importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-  return sorted(set(globals()) | set(_MODULE_OF))
+__getattr__, __dir__, __all__ = _lazy.exports(__name__, _EXPORTS)
