@@ -1,26 +1,8 @@
-r"""Makes an offline Atari dataset (RLDS episodes in TFDS folders, the rlu_atari format).
-
-From the emulator, with a behaviour policy:
-
-  python -m launch.make_dataset --source=ale --games=pong,breakout,freeway --runs=1 \
-      --checkpoints_per_run=3 --steps_per_checkpoint=10000 --policy=random --seed=0 \
-      --data_dir=data/atari
-
-Logged-agent data: an online C51 agent learns each game from scratch; every transition it plays
-is kept, its training run cut into checkpoints (resumable: rerun the same command):
-
-  python -m launch.make_dataset --source=agent --games=boxing,krull --runs=1 \
-      --checkpoints_per_run=10 --steps_per_checkpoint=5000 --data_dir=data/agent
-
-From DQN Replay Dataset files of one game-run (e.g. gs://atari-replay-datasets/dqn/Pong/1):
-
-  python -m launch.make_dataset --source=dqn_replay --replay_dir=dqn/Pong/1 --game=pong --run=1 \
-      --data_dir=data/atari
-
-Output: `{data_dir}/{dataset_name}/{AleName}_run_{k}/{version}/`, one split per checkpoint,
-readable by `scaled_ql.data.read_episodes` and `tfds.builder_from_directory`. Prepared TFDS
-`rlu_atari*` folders need no conversion: point the reader at them. The jobs are
-`scaled_ql.data.make.make_ale` / `make_dqn_replay` and
+r"""Makes an offline Atari dataset (RLDS episodes in TFDS folders, the rlu_atari format): from the
+emulator with a behaviour policy (--source=ale), as the replay of an online agent learning each
+game (--source=agent, resumable), or from DQN Replay Dataset files (--source=dqn_replay); the
+README shows each command. Output: `{data_dir}/{dataset_name}/{AleName}_run_{k}/{version}/`,
+one split per checkpoint. The jobs: `scaled_ql.data.make.make_ale` / `make_dqn_replay`,
 `scaled_ql.train.logged_agent.make_agent_datasets` (checks first, atomic outputs).
 """
 from __future__ import annotations

@@ -282,15 +282,20 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print) -> dict
       continue  # The preset's own size: pretrain/scaled_ql_low is that run.
     runs.append((f"size/{size}", f"Scaled QL, low, size {size}", "low", {}, dict(overrides)))
   evaluated = {}
+
+  def evaluate(name: str, label: str, games_played, behaviour: bool) -> None:
+    """The eval/NAME stage of training stage NAME, kept in `evaluated` under `label`."""
+    evaluated[name] = stages.run(
+        f"eval/{name}", dict(checkpoint=name, episodes=p.eval_episodes,
+                             max_steps=p.eval_max_steps),
+        lambda folder: _evaluate(p, stages.path(name), folder, games_played, behaviour))
+    evaluated[name]["label"] = label
+
   for name, label, split, loss, model in runs:
     config = _pretrain_config(p, data_dir, split, loss, model)
     stages.run(name, dict(config=json.loads(config.to_json())),
                lambda folder, c=config: _train_result(loop.train(c, folder)))
-    evaluated[name] = stages.run(
-        f"eval/{name}", dict(checkpoint=name, episodes=p.eval_episodes,
-                             max_steps=p.eval_max_steps),
-        lambda folder, n=name: _evaluate(p, stages.path(n), folder, p.train_games, True))
-    evaluated[name]["label"] = label
+    evaluate(name, label, p.train_games, True)
 
   # -- Transfer. ------------------------------------------------------------------------------
   if p.finetune_offline_steps or p.finetune_online_env_steps:
@@ -309,12 +314,7 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print) -> dict
         c = _finetune_config(p, mode, init, data_dir)
         stages.run(name, dict(config=json.loads(c.to_json())),
                    lambda folder, c=c: _train_result(finetuning.finetune(c, folder, backbone)))
-        evaluated[name] = stages.run(
-            f"eval/{name}", dict(checkpoint=name, episodes=p.eval_episodes,
-                                 max_steps=p.eval_max_steps),
-            lambda folder, n=name, g=games_played, b=behaviour: _evaluate(
-                p, stages.path(n), folder, g, b))
-        evaluated[name]["label"] = f"{mode} fine-tuning, {init}"
+        evaluate(name, f"{mode} fine-tuning, {init}", games_played, behaviour)
 
   # -- Report. --------------------------------------------------------------------------------
   return write_report(stages, p, evaluated)

@@ -50,12 +50,14 @@ def check_resume_compatible(saved: dict, current: dict, workdir: str) -> None:
   if diffs:
     raise ValueError(f"{workdir} holds a checkpoint of another architecture ("
                      + "; ".join(diffs) + "). Use another --workdir.")
-  # v_range: older checkpoints lack it; other job entries (e.g. "finetune") must agree.
+  # Other entries (v_range, job entries such as "finetune") must agree; only v_range may be
+  # missing, from checkpoints written before the metadata held it.
   for key in sorted(set(current) - {"games", "model", "loss_kind"}):
-    if key in saved or key != "v_range":
-      if saved.get(key) != current[key]:
-        raise ValueError(f"{workdir} holds a run with {key} {saved.get(key)!r}, but this run "
-                         f"has {current[key]!r}. Use another --workdir.")
+    if key == "v_range" and key not in saved:
+      continue
+    if saved.get(key) != current[key]:
+      raise ValueError(f"{workdir} holds a run with {key} {saved.get(key)!r}, but this run "
+                       f"has {current[key]!r}. Use another --workdir.")
 
 
 def write_config(workdir: str, config) -> str:
