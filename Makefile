@@ -39,23 +39,25 @@ $(STAMP_CURRENT): setup.py
 	$(PY_CURRENT) -m pip install --quiet --upgrade -e '.[data,test]'
 	@touch $(STAMP_CURRENT)
 
-# The main job at laptop scale: a 3-game dataset from the emulator (uniformly random behaviour,
-# 3 checkpoints per game), pre-training of the `demo` preset, and its evaluation in the emulator
-# beside the random-policy and behaviour-data baselines. Run again,
-# it keeps the dataset and resumes (or reports) the finished run.
-DEMO_GAMES ?= pong,breakout,freeway
-DEMO_STEPS ?= 4000
-# Evaluation: 4 episodes per game, each cut at 2,500 agent steps so a policy that never serves
-# in Breakout cannot run to the 27,000-step cap; the table says which episodes were cut.
-DEMO_EVAL_EPISODES ?= 4
+# The main job at laptop scale: a logged-agent dataset (an online C51 agent learning RoadRunner
+# from scratch, every transition it plays kept, its run cut into 10 checkpoints), pre-training of
+# the `demo` preset on it, and its evaluation in the emulator beside the random policy and the
+# behaviour data (the mean return of the dataset's episodes). Run again, it keeps the dataset
+# and resumes (or reports) the finished run.
+DEMO_GAMES ?= road_runner
+DEMO_CHECKPOINTS ?= 10
+DEMO_STEPS ?= 2000
+# Evaluation: 8 episodes per game, each cut at 2,500 agent steps; the table says which were cut.
+DEMO_EVAL_EPISODES ?= 8
 DEMO_EVAL_STEPS ?= 2500
 
 demo: $(STAMP)
-	$(PY) -m launch.make_dataset --source=ale --games=$(DEMO_GAMES) --runs=1 \
-	  --checkpoints_per_run=3 --steps_per_checkpoint=$(DEMO_STEPS) --policy=random --seed=0 \
+	$(PY) -m launch.make_dataset --source=agent --games=$(DEMO_GAMES) --runs=1 \
+	  --checkpoints_per_run=$(DEMO_CHECKPOINTS) --steps_per_checkpoint=$(DEMO_STEPS) --seed=0 \
 	  --data_dir=$(WORKDIR)/data --skip_existing
 	$(PY) -m launch.pretrain --config=configs/pretrain.py:demo --workdir=$(WORKDIR) \
-	  --config.data.data_dir=$(WORKDIR)/data
+	  --config.data.data_dir=$(WORKDIR)/data \
+	  --config.games=$(DEMO_GAMES)
 	$(PY) -m launch.evaluate --checkpoint=$(WORKDIR) --episodes=$(DEMO_EVAL_EPISODES) \
 	  --max_steps_per_episode=$(DEMO_EVAL_STEPS) --baselines=random,behaviour \
 	  --data_dir=$(WORKDIR)/data

@@ -61,8 +61,10 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _SOURCE.value == "agent":
+    agent = configs.load(_AGENT_CONFIG.value)
+    app_lib.start_jax(None, agent.model.encoder)
     logged_agent.make_agent_datasets(
-        configs.load(_AGENT_CONFIG.value), _DATA_DIR.value, _GAMES.value, _RUNS.value,
+        agent, _DATA_DIR.value, _GAMES.value, _RUNS.value,
         checkpoints_per_run=_CHECKPOINTS_PER_RUN.value,
         steps_per_checkpoint=_STEPS_PER_CHECKPOINT.value, seed=_SEED.value,
         dataset_name=_DATASET_NAME.value or logged_agent.DATASET_NAME,

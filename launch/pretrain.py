@@ -1,7 +1,7 @@
 r"""Pre-trains the multi-game Q-network on offline data (Scaled Q-Learning).
 
   python -m launch.pretrain --config=configs/pretrain.py:demo --workdir=runs/demo \
-      --config.data.data_dir=runs/demo/data --config.games=pong,breakout,freeway
+      --config.data.data_dir=runs/demo/data --config.games=road_runner
 
 The same command in the same workdir resumes from the newest checkpoint. Multi-host: run the
 same command on every host with --coordinator_address/--num_processes/--process_id (or the

@@ -23,9 +23,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of data, networks and evaluation."
 
 def main(argv):
   del argv
-  app_lib.configure_jax()
   with errors.input_checks():
     plan = reproduce.plan(_BUDGET.value, _SCALE.value, _SEED.value)
+  app_lib.start_jax(None, reproduce.encoder(plan))
   paths = reproduce.reproduce(_WORKDIR.value, plan)
   print(f"report: {paths['markdown']}", flush=True)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 
 from absl import app as absl_app
 from absl import flags
@@ -85,18 +86,20 @@ def configure_jax() -> None:
   jax.config.update("jax_threefry_partitionable", True)
 
 
-def start_jax(distributed: dict, encoder: str) -> None:
+def start_jax(distributed: Optional[dict], encoder: str) -> None:
   """Starts JAX for a training run of `encoder`: XLA:CPU's runtime for it
   (`parallel.select_cpu_runtime`, said on CPU), the global settings (`configure_jax`), then
-  multi-host start-up (`parallel.initialize`) from the flags of `distributed_flags`."""
+  multi-host start-up (`parallel.initialize`) from the flags of `distributed_flags` (None: a
+  single-process job)."""
   from scaled_ql import parallel  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
   runtime = parallel.select_cpu_runtime(encoder)
   configure_jax()
-  f = distributed
-  parallel.initialize(f["coordinator"].value, f["num_processes"].value, f["process_id"].value,
-                      f["auto"].value)
+  if distributed is not None:
+    f = distributed
+    parallel.initialize(f["coordinator"].value, f["num_processes"].value,
+                        f["process_id"].value, f["auto"].value)
   if jax.default_backend() == "cpu" and jax.process_index() == 0:
     print(f"XLA:CPU runtime: {runtime}", flush=True)
 

@@ -75,9 +75,16 @@ class Plan:
     return (0, max(1, math.ceil(0.2 * self.agent_checkpoints)) - 1)
 
 
+# Games where the data-making agent (configs/agent.py:default) clearly improves within 30k env
+# steps (measured: that file's docstring, BUILD_NOTES.md "Logged-agent data").
+TRAIN_GAMES = ("road_runner", "ms_pacman", "krull", "qbert")
+HELDOUT_GAME = "alien"
+VARIANT = ("ms_pacman", 1, 0)  # (training game, ALE mode, difficulty) for online fine-tuning.
+
 # Rates measured on the 2-core reference machine, for the estimate printed at start (seconds).
-_SECONDS_PER_AGENT_STEP = 0.012
-_SECONDS_PER_UPDATE = {"tiny": 0.02, "demo": 0.06}
+# (`make demo`, 2026-11-27: the agent ~115 env steps/s, the demo preset ~15 updates/s.)
+_SECONDS_PER_AGENT_STEP = 0.0087
+_SECONDS_PER_UPDATE = {"tiny": 0.02, "demo": 0.067}
 _SECONDS_PER_EVAL_STEP = 0.002
 
 
@@ -85,29 +92,27 @@ def plan(budget: str = "default", scale: float = 1.0, seed: int = 0) -> Plan:
   """The presets: `test` (seconds, for the test suite), `quick` (~30 min: the main claim,
   Scaled QL vs BC vs the behaviour data on the low split), `default` (~2 h: every claim);
   `scale` multiplies the data and update budgets."""
-  common = dict(heldout_game="ms_pacman", seed=seed)
+  common = dict(seed=seed)
   if budget == "test":
-    p = Plan(train_games=("boxing", "breakout"), variant=("breakout", 12, 1),
+    p = Plan(train_games=("boxing", "breakout"), heldout_game="ms_pacman", variant=("breakout", 12, 1),
              agent_preset="tiny", agent_checkpoints=5, agent_steps_per_checkpoint=250,
              pretrain_preset="tiny", pretrain_steps=6, methods=("scaled_ql", "bc"),
              splits=SPLITS, sizes=(("s", (("feature_dim", 16),)), ("m", ())),
              finetune_offline_steps=4, finetune_online_env_steps=200, eval_episodes=1,
              eval_max_steps=30, **common)
   elif budget == "quick":
-    p = Plan(train_games=("boxing", "krull", "road_runner", "crazy_climber"),
-             variant=("breakout", 12, 1), agent_preset="default", agent_checkpoints=10,
-             agent_steps_per_checkpoint=2_000, pretrain_preset="demo", pretrain_steps=3_000,
-             methods=("scaled_ql", "bc"), splits=("low",), sizes=(),
+    p = Plan(train_games=TRAIN_GAMES, heldout_game=HELDOUT_GAME, variant=VARIANT, agent_preset="default",
+             agent_checkpoints=10, agent_steps_per_checkpoint=1_500, pretrain_preset="demo",
+             pretrain_steps=2_000, methods=("scaled_ql", "bc"), splits=("low",), sizes=(),
              finetune_offline_steps=0, finetune_online_env_steps=0, eval_episodes=8,
              eval_max_steps=2_500, **common)
   elif budget == "default":
-    p = Plan(train_games=("boxing", "krull", "road_runner", "crazy_climber"),
-             variant=("breakout", 12, 1), agent_preset="default", agent_checkpoints=10,
-             agent_steps_per_checkpoint=5_000, pretrain_preset="demo", pretrain_steps=4_000,
-             methods=tuple(METHODS), splits=SPLITS,
+    p = Plan(train_games=TRAIN_GAMES, heldout_game=HELDOUT_GAME, variant=VARIANT, agent_preset="default",
+             agent_checkpoints=10, agent_steps_per_checkpoint=3_000, pretrain_preset="demo",
+             pretrain_steps=2_000, methods=tuple(METHODS), splits=SPLITS,
              sizes=(("small", (("feature_dim", 32), ("spatial_features", 4))), ("medium", ()),
                     ("large", (("feature_dim", 256), ("spatial_features", 16)))),
-             finetune_offline_steps=2_000, finetune_online_env_steps=20_000, eval_episodes=8,
+             finetune_offline_steps=1_000, finetune_online_env_steps=10_000, eval_episodes=8,
              eval_max_steps=2_500, **common)
   else:
     raise ValueError(f"unknown budget {budget!r}; choose test, quick or default.")
@@ -152,9 +157,25 @@ def check(p: Plan) -> None:
                      f"(the first 20%) apart from the rest: use at least 5.")
 
 
+def encoder(p: Plan) -> str:
+  """The encoder every network of the plan uses (the agent's and the pre-training preset's)."""
+  kinds = {configs.load(f"configs/agent.py:{p.agent_preset}").model.encoder,
+           configs.load(f"configs/pretrain.py:{p.pretrain_preset}").model.encoder}
+  if len(kinds) != 1:
+    raise ValueError(f"the plan mixes encoders {sorted(kinds)}; XLA:CPU's runtime is chosen "
+                     f"once per process.")
+  return kinds.pop()
+
+
+def data_games(p: Plan) -> tuple[str, ...]:
+  """The games the data stage makes: the training games, and the held-out game where the plan
+  fine-tunes on it offline."""
+  return tuple(p.train_games) + ((p.heldout_game,) if p.finetune_offline_steps else ())
+
+
 def estimate_seconds(p: Plan) -> float:
   """A rough duration on the 2-core reference machine (printed at start)."""
-  games_n = len(p.train_games) + 1
+  games_n = len(data_games(p))
   data = games_n * p.agent_checkpoints * p.agent_steps_per_checkpoint * _SECONDS_PER_AGENT_STEP
   per_update = _SECONDS_PER_UPDATE.get(p.pretrain_preset, 0.06)
   runs = len(p.methods) * len(p.splits) + len(p.sizes)
@@ -258,7 +279,7 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print) -> dict
       f"{estimate_seconds(p) / 60:.0f} min on a 2-core CPU")
   data_dir = stages.path("data")
   agent = configs.load(f"configs/agent.py:{p.agent_preset}")
-  all_games = tuple(p.train_games) + (p.heldout_game,)
+  all_games = data_games(p)
 
   # -- Data. ------------------------------------------------------------------------------------
   stages.run("data", dict(games=all_games, agent=json.loads(agent.to_json()),

@@ -83,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.finetune.mode = "offline"
     if preset == "offline_cpu":
       _cpu(c)
-      c.games = ("space_invaders",)  # unseen by the `demo` pre-training (pong/breakout/freeway)
+      c.games = ("space_invaders",)  # unseen by the `demo` pre-training (road_runner)
       c.data.runs = (1,)
       c.data.pool_frames_per_game = 20_000
       c.data.refresh_every = 0

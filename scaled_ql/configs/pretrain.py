@@ -3,7 +3,8 @@
 
 Presets:
   tiny             CPU, seconds: Nature-CNN, 3 games, batch 24. For tests and smoke runs.
-  demo             CPU, minutes: Nature-CNN, 3 games, batch 96 (`make demo`).
+  demo             CPU, minutes: Nature-CNN, batch 96 (`make demo`: RoadRunner logged-agent data;
+                   `launch.reproduce`'s networks).
   paper_resnet34   the paper's 40 games and stated hyper-parameters, ResNet-34  (~33M params).
   paper_resnet50   the same with ResNet-50                                        (~56M params).
   paper_resnet101  the same with ResNet-101                                       (~75M params).
@@ -135,7 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 10
     c.log_every = 5
   elif preset == "demo":
-    c.games = ("pong", "breakout", "freeway")
+    c.games = ("road_runner",)
     c.model.encoder = "nature"
     c.model.spatial_features = 8
     c.model.feature_dim = 64
@@ -144,7 +145,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 5e-4
     c.num_steps = 2000
     c.data.runs = (1,)
-    c.data.pool_frames_per_game = 20_000
+    # A logged-agent game-run of up to ~32k steps (`make demo`: 20k; `launch.reproduce`: 30k)
+    # fits whole in its pool (~0.23 GB per game).
+    c.data.pool_frames_per_game = 32_000
     c.data.refresh_every = 0  # the demo dataset fits in the pools.
     c.data.samples_per_transition = 0.0  # no refresh.
     c.checkpoint_every = 500
