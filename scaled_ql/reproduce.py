@@ -82,10 +82,11 @@ HELDOUT_GAME = "alien"
 VARIANT = ("ms_pacman", 1, 0)  # (training game, ALE mode, difficulty) for online fine-tuning.
 
 # Rates measured on the 2-core reference machine, for the estimate printed at start (seconds).
-# (`make demo`, 2026-11-27: the agent ~115 env steps/s, the demo preset ~15 updates/s.)
+# (2026-11-27: the agent ~115 env steps/s, the demo preset ~15 updates/s; a `quick` run took
+# 16 min against an estimate of 29 min, its evaluations half the estimated time.)
 _SECONDS_PER_AGENT_STEP = 0.0087
 _SECONDS_PER_UPDATE = {"tiny": 0.02, "demo": 0.067}
-_SECONDS_PER_EVAL_STEP = 0.002
+_SECONDS_PER_EVAL_STEP = 0.0012  # an evaluation stage: agent, random and behaviour together.
 
 
 def plan(budget: str = "default", scale: float = 1.0, seed: int = 0) -> Plan:
@@ -94,22 +95,25 @@ def plan(budget: str = "default", scale: float = 1.0, seed: int = 0) -> Plan:
   `scale` multiplies the data and update budgets."""
   common = dict(seed=seed)
   if budget == "test":
-    p = Plan(train_games=("boxing", "breakout"), heldout_game="ms_pacman", variant=("breakout", 12, 1),
+    p = Plan(train_games=("boxing", "breakout"), heldout_game="ms_pacman",
+             variant=("breakout", 12, 1),
              agent_preset="tiny", agent_checkpoints=5, agent_steps_per_checkpoint=250,
              pretrain_preset="tiny", pretrain_steps=6, methods=("scaled_ql", "bc"),
              splits=SPLITS, sizes=(("s", (("feature_dim", 16),)), ("m", ())),
              finetune_offline_steps=4, finetune_online_env_steps=200, eval_episodes=1,
              eval_max_steps=30, **common)
   elif budget == "quick":
-    p = Plan(train_games=TRAIN_GAMES, heldout_game=HELDOUT_GAME, variant=VARIANT, agent_preset="default",
+    p = Plan(train_games=TRAIN_GAMES, heldout_game=HELDOUT_GAME, variant=VARIANT,
+             agent_preset="default",
              agent_checkpoints=10, agent_steps_per_checkpoint=1_500, pretrain_preset="demo",
              pretrain_steps=2_000, methods=("scaled_ql", "bc"), splits=("low",), sizes=(),
              finetune_offline_steps=0, finetune_online_env_steps=0, eval_episodes=8,
              eval_max_steps=2_500, **common)
   elif budget == "default":
-    p = Plan(train_games=TRAIN_GAMES, heldout_game=HELDOUT_GAME, variant=VARIANT, agent_preset="default",
+    p = Plan(train_games=TRAIN_GAMES, heldout_game=HELDOUT_GAME, variant=VARIANT,
+             agent_preset="default",
              agent_checkpoints=10, agent_steps_per_checkpoint=3_000, pretrain_preset="demo",
-             pretrain_steps=2_000, methods=tuple(METHODS), splits=SPLITS,
+             pretrain_steps=4_000, methods=tuple(METHODS), splits=SPLITS,
              sizes=(("small", (("feature_dim", 32), ("spatial_features", 4))), ("medium", ()),
                     ("large", (("feature_dim", 256), ("spatial_features", 16)))),
              finetune_offline_steps=1_000, finetune_online_env_steps=10_000, eval_episodes=8,
