@@ -70,3 +70,19 @@ def test_bad_plans_fail_before_any_work(tmp_path, change, message):
   with pytest.raises(errors.InputError, match=message):
     reproduce.reproduce(str(tmp_path / "w"), p, log=lambda _: None)
   assert not os.path.exists(tmp_path / "w" / "data")
+
+
+def test_presets_make_the_data_they_use_and_fit_their_budgets():
+  """quick fine-tunes nothing, so it makes no held-out data; default does; the printed estimates
+  stay within the stated budgets (30 min, 2 h), and every network shares one encoder (the
+  process picks XLA:CPU's runtime once)."""
+  quick, default = reproduce.plan("quick"), reproduce.plan("default")
+  assert reproduce.data_games(quick) == quick.train_games
+  assert reproduce.data_games(default) == default.train_games + (default.heldout_game,)
+  assert reproduce.estimate_seconds(quick) <= 30 * 60
+  assert reproduce.estimate_seconds(default) <= 120 * 60
+  assert reproduce.estimate_seconds(reproduce.plan("default", scale=2)) > \
+      reproduce.estimate_seconds(default)
+  assert reproduce.encoder(default) == "nature"
+  for p in (quick, default):
+    reproduce.check(dataclasses.replace(p, finetune_online_env_steps=0))
