@@ -22,18 +22,19 @@ _AGENT_CONFIG = flags.DEFINE_string("agent_config", "configs/agent.py:default",
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Output TFDS data_dir.", required=True)
 _DATASET_NAME = flags.DEFINE_string(
     "dataset_name", None, f"Output dataset name (default: {rlds.DEFAULT_DATASET_NAME!r} for "
-    f"--source=ale, {dqn_replay.DATASET_NAME!r} for --source=dqn_replay).")
+    f"--source=ale, {logged_agent.DATASET_NAME!r} for agent, {dqn_replay.DATASET_NAME!r} for "
+    "dqn_replay).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing game-run datasets.")
 _SKIP_EXISTING = flags.DEFINE_bool(
-    "skip_existing", False, "ale: keep existing game-run datasets and make only the missing ones "
-    "(what `make demo` does when run again).")
-# --source=ale
-_GAMES = flags.DEFINE_list("games", ["pong"], "ale: games (snake_case or ALE names).")
-_RUNS = flags.DEFINE_list("runs", ["1"], "ale: run numbers, e.g. 1,2,3 (each its own seed).")
+    "skip_existing", False, "ale, agent: keep existing game-run datasets and make only the "
+    "missing ones (what `make demo` does when run again).")
+# --source=ale and --source=agent
+_GAMES = flags.DEFINE_list("games", ["pong"], "ale, agent: games (snake_case or ALE names).")
+_RUNS = flags.DEFINE_list("runs", ["1"], "ale, agent: run numbers (each its own seed).")
 _CHECKPOINTS_PER_RUN = flags.DEFINE_integer("checkpoints_per_run", 3,
-                                            "ale: checkpoint ids 0..N-1 per run.")
+                                            "ale, agent: checkpoint ids 0..N-1 per run.")
 _STEPS_PER_CHECKPOINT = flags.DEFINE_integer("steps_per_checkpoint", 10_000,
-                                             "ale: environment steps per checkpoint.")
+                                             "ale, agent: env steps per checkpoint.")
 _POLICY = flags.DEFINE_enum(
     "policy", "random", ["random", "eps_greedy", "mixture"],
     "ale: uniform random; epsilon-greedy over --q_policy (epsilon from --epsilon_start to "
@@ -46,7 +47,7 @@ _EPSILON_START = flags.DEFINE_float("epsilon_start", 1.0, "ale: epsilon at check
 _EPSILON_END = flags.DEFINE_float("epsilon_end", 0.01, "ale: epsilon at the last checkpoint.")
 _RANDOM_EPISODE_PROB = flags.DEFINE_float("random_episode_prob", 0.5,
                                           "ale, mixture: chance an episode is played at random.")
-_SEED = flags.DEFINE_integer("seed", 0, "ale: seed; a game-run's data depends on it only.")
+_SEED = flags.DEFINE_integer("seed", 0, "ale, agent: seed of every game-run's data.")
 _MAX_EPISODE_FRAMES = flags.DEFINE_integer("max_episode_frames", 108_000,
                                            "ale: emulator frames before an episode is truncated.")
 # --source=dqn_replay
@@ -67,7 +68,7 @@ def main(argv) -> None:
         agent, _DATA_DIR.value, _GAMES.value, _RUNS.value,
         checkpoints_per_run=_CHECKPOINTS_PER_RUN.value,
         steps_per_checkpoint=_STEPS_PER_CHECKPOINT.value, seed=_SEED.value,
-        dataset_name=_DATASET_NAME.value or logged_agent.DATASET_NAME,
+        dataset_name=_DATASET_NAME.value,
         overwrite=_OVERWRITE.value, skip_existing=_SKIP_EXISTING.value)
   elif _SOURCE.value == "ale":
     make.make_ale(

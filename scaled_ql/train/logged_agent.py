@@ -337,10 +337,11 @@ def progress_bar(total: int, desc: str):
 
 def make_agent_datasets(config, data_dir: str, game_names, runs=(1,), *, checkpoints_per_run: int,
                         steps_per_checkpoint: int, seed: int = 0,
-                        dataset_name: str = DATASET_NAME, overwrite: bool = False,
+                        dataset_name: Optional[str] = None, overwrite: bool = False,
                         skip_existing: bool = False) -> dict:
   """The job of `launch.make_dataset --source=agent`: one logged-agent game-run per (game, run),
   with a progress bar and the per-checkpoint table of returns. Returns {(game, run): segments}."""
+  dataset_name = dataset_name or DATASET_NAME
   with errors.input_checks():
     names = games.canonical_names(game_names)
     runs = [int(r) for r in runs]
