@@ -113,7 +113,7 @@ def plan(budget: str = "default", scale: float = 1.0, seed: int = 0) -> Plan:
     p = Plan(train_games=TRAIN_GAMES, heldout_game=HELDOUT_GAME, variant=VARIANT,
              agent_preset="default",
              agent_checkpoints=10, agent_steps_per_checkpoint=3_000, pretrain_preset="demo",
-             pretrain_steps=4_000, methods=tuple(METHODS), splits=SPLITS,
+             pretrain_steps=2_000, methods=tuple(METHODS), splits=SPLITS,
              sizes=(("small", (("feature_dim", 32), ("spatial_features", 4))), ("medium", ()),
                     ("large", (("feature_dim", 256), ("spatial_features", 16)))),
              finetune_offline_steps=1_000, finetune_online_env_steps=10_000, eval_episodes=8,

@@ -143,6 +143,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 96
     c.target_update_period = 250
     c.optimizer.learning_rate = 5e-4
+    # Small data of agents that learn (6k-30k transitions per game): 10-step returns (as the
+    # data-making agent, configs/agent.py) and a CQL weight of 0.01. On the low split of
+    # `launch.reproduce`'s data (4 games, 6k transitions each, 2,000 updates, seed 0), IQM HNS
+    # by alpha with n-step 10: 0 -> 0.057, 0.01 -> 0.080, 0.03 -> 0.036, 0.1 -> -0.015,
+    # 1.0 -> -0.006 (behaviour data 0.003): at 0.1 and above, the penalty ranks actions by how
+    # often the data takes them (softmax(Q) pulled to the data's action frequencies) and the
+    # greedy policy plays the early agent's most frequent action in every state (BUILD_NOTES.md,
+    # "The demo preset's loss on logged-agent data"). n-step 3 at alpha 0.1: -0.023. Selected on
+    # the data it is reported on; 4,000 updates overfit (RoadRunner 713 -> 138).
+    c.loss.n_step = 10
+    c.loss.cql_alpha = 0.01
     c.num_steps = 2000
     c.data.runs = (1,)
     # A logged-agent game-run of up to ~32k steps (`make demo`: 20k; `launch.reproduce`: 30k)
