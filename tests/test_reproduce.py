@@ -86,3 +86,17 @@ def test_presets_make_the_data_they_use_and_fit_their_budgets():
   assert reproduce.encoder(default) == "nature"
   for p in (quick, default):
     reproduce.check(dataclasses.replace(p, finetune_online_env_steps=0))
+
+
+@pytest.mark.parametrize("budget,scale", [("quick", 1.0), ("default", 1.0), ("default", 3.0)])
+def test_offline_pools_hold_a_whole_game_run(budget, scale):
+  """The offline stages never refresh their pools: each pool must hold a whole game-run of the
+  plan's data (default's held-out Alien run of 30k steps once met fine-tuning's 20k-frame pool
+  and stopped the run), at every --scale."""
+  p = reproduce.plan(budget, scale=scale)
+  run_frames = p.agent_checkpoints * p.agent_steps_per_checkpoint
+  c = reproduce._pretrain_config(p, "/data", "all", {}, {})
+  assert c.data.pool_frames_per_game >= run_frames
+  if p.finetune_offline_steps:
+    f = reproduce._finetune_config(p, "offline", "scratch", "/data")
+    assert f.data.pool_frames_per_game >= run_frames
