@@ -239,11 +239,16 @@ def _diff(a: dict, b: dict) -> str:
                    if a.get(k) != b.get(k)) or "unreadable"
 
 
-def _pool_frames(p: Plan, floor: int) -> int:
-  """Frames per game's pool that hold a whole game-run of the plan's data (one frame per env
-  step, plus each episode's last observation: 5% spare), at least `floor`; the offline stages
-  never refresh their pools, so a smaller pool would silently train on the first episodes."""
-  return max(int(floor), math.ceil(1.05 * p.agent_checkpoints * p.agent_steps_per_checkpoint))
+def _read_plan_data(c, p: Plan, data_dir: str) -> None:
+  """Points config `c` (pre-training or offline fine-tuning, unlocked) at the plan's data: run 1
+  of `data_dir`, in pools that hold a whole game-run (one frame per env step, plus each
+  episode's last observation: 5% spare; at least the preset's pool). The offline stages never
+  refresh their pools, so a smaller pool would stop the stage at its fill."""
+  c.data.data_dir = data_dir
+  c.data.runs = (1,)
+  c.data.pool_frames_per_game = max(
+      int(c.data.pool_frames_per_game),
+      math.ceil(1.05 * p.agent_checkpoints * p.agent_steps_per_checkpoint))
 
 
 def _pretrain_config(p: Plan, data_dir: str, split: str, loss: dict, model: dict):
@@ -254,9 +259,7 @@ def _pretrain_config(p: Plan, data_dir: str, split: str, loss: dict, model: dict
     c.num_steps = p.pretrain_steps
     c.checkpoint_every = max(1, min(c.checkpoint_every, p.pretrain_steps))
     c.log_every = max(1, min(c.log_every, p.pretrain_steps))
-    c.data.data_dir = data_dir
-    c.data.runs = (1,)
-    c.data.pool_frames_per_game = _pool_frames(p, c.data.pool_frames_per_game)
+    _read_plan_data(c, p, data_dir)
     c.data.checkpoint_range = p.low_range if split == "low" else ()
     for k, v in loss.items():
       c.loss[k] = v
@@ -365,9 +368,7 @@ def _finetune_config(p: Plan, mode: str, init: str, data_dir: str):
     c.seed = p.seed
     if mode == "offline":
       c.games = (p.heldout_game,)
-      c.data.data_dir = data_dir
-      c.data.runs = (1,)
-      c.data.pool_frames_per_game = _pool_frames(p, c.data.pool_frames_per_game)
+      _read_plan_data(c, p, data_dir)
       c.num_steps = p.finetune_offline_steps
     else:
       game, mode_id, difficulty = p.variant
