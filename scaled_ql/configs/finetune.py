@@ -125,7 +125,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _cpu(c: ml_collections.ConfigDict) -> None:
-  """Laptop scale, for a backbone pre-trained with configs/pretrain.py:demo."""
+  """Laptop scale, for a backbone pre-trained with configs/pretrain.py:demo, and with its loss
+  (n-step 10, CQL alpha 0.01: BUILD_NOTES.md, "The demo preset's loss on logged-agent data").
+  Measured, offline on Alien's 30k-step logged-agent data, 1,000 updates from
+  `launch.reproduce`'s backbone: 252.5 (pre-trained) vs 46.2 (scratch); with the paper's
+  n-step 3 and alpha 0.1, 48.8 vs 46.3, both far below the data's 257.9."""
+  demo_loss = pretrain.get_config("demo").loss
+  c.loss.n_step, c.loss.cql_alpha = demo_loss.n_step, demo_loss.cql_alpha
   c.model.num_atoms = 51
   c.batch_size = 64
   c.target_update_period = 100
