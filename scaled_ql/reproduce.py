@@ -9,6 +9,9 @@ checkpoints; a stage folder made with other settings is refused, never silently 
                      held-out game (`train.logged_agent`);
   pretrain/M_SPLIT   one multi-game network per method M on each split: `low` (the first 20%
                      of the checkpoints: the paper's low-quality data) and `all`;
+  pretrain/M_low_seedK  the main claim's methods (Scaled QL, BC) on the low split, trained
+                     again from seeds seed+K (K = 1 .. claim_seeds-1): the claim is judged on
+                     all their runs, with CIs over training seeds;
   size/S             Scaled QL on the low split at three model sizes (a power law of score
                      against parameters);
   transfer/...       the `all`-split Scaled QL backbone exported, then fine-tuned offline on the
@@ -48,6 +51,7 @@ METHODS = {  # name -> (label, loss overrides, model overrides)
     "hl_gauss_cql": ("HL-Gauss + CQL", {"kind": "hl_gauss"}, {}),
 }
 SPLITS = ("low", "all")
+CLAIM_METHODS = ("scaled_ql", "bc")  # The main claim: Scaled QL > BC and > data, low split.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Plan:
   eval_episodes: int
   eval_max_steps: int
   seed: int = 0
+  claim_seeds: int = 1  # Training seeds of CLAIM_METHODS on the low split (seed, seed+1, ...).
 
   @property
   def low_range(self) -> tuple[int, int]:
@@ -82,11 +87,11 @@ HELDOUT_GAME = "alien"
 VARIANT = ("ms_pacman", 1, 0)  # (training game, ALE mode, difficulty) for online fine-tuning.
 
 # Rates measured on the 2-core reference machine, for the estimate printed at start (seconds).
-# (2026-11-27: the agent ~115 env steps/s, the demo preset ~15 updates/s; a `quick` run took
-# 16 min against an estimate of 29 min, its evaluations half the estimated time.)
+# (2026-11-27, default run: the agent ~115 env steps/s, the demo preset ~15 updates/s, an
+# evaluation of 4 games x 8 episodes capped at 2,500 steps ~65 s, as its episodes end sooner.)
 _SECONDS_PER_AGENT_STEP = 0.0087
 _SECONDS_PER_UPDATE = {"tiny": 0.02, "demo": 0.067}
-_SECONDS_PER_EVAL_STEP = 0.0012  # an evaluation stage: agent, random and behaviour together.
+_SECONDS_PER_EVAL_STEP = 0.0009  # of the step cap: agent, random and behaviour together.
 
 
 def plan(budget: str = "default", scale: float = 1.0, seed: int = 0) -> Plan:
@@ -101,14 +106,14 @@ def plan(budget: str = "default", scale: float = 1.0, seed: int = 0) -> Plan:
              pretrain_preset="tiny", pretrain_steps=6, methods=("scaled_ql", "bc"),
              splits=SPLITS, sizes=(("s", (("feature_dim", 16),)), ("m", ())),
              finetune_offline_steps=4, finetune_online_env_steps=200, eval_episodes=1,
-             eval_max_steps=30, **common)
+             eval_max_steps=30, claim_seeds=2, **common)
   elif budget == "quick":
     p = Plan(train_games=TRAIN_GAMES, heldout_game=HELDOUT_GAME, variant=VARIANT,
              agent_preset="default",
              agent_checkpoints=10, agent_steps_per_checkpoint=1_500, pretrain_preset="demo",
              pretrain_steps=2_000, methods=("scaled_ql", "bc"), splits=("low",), sizes=(),
              finetune_offline_steps=0, finetune_online_env_steps=0, eval_episodes=8,
-             eval_max_steps=2_500, **common)
+             eval_max_steps=2_500, claim_seeds=3, **common)
   elif budget == "default":
     p = Plan(train_games=TRAIN_GAMES, heldout_game=HELDOUT_GAME, variant=VARIANT,
              agent_preset="default",
@@ -117,7 +122,7 @@ def plan(budget: str = "default", scale: float = 1.0, seed: int = 0) -> Plan:
              sizes=(("small", (("feature_dim", 32), ("spatial_features", 4))), ("medium", ()),
                     ("large", (("feature_dim", 256), ("spatial_features", 16)))),
              finetune_offline_steps=1_000, finetune_online_env_steps=10_000, eval_episodes=8,
-             eval_max_steps=2_500, **common)
+             eval_max_steps=2_500, claim_seeds=3, **common)
   else:
     raise ValueError(f"unknown budget {budget!r}; choose test, quick or default.")
   if scale != 1.0:
@@ -156,6 +161,8 @@ def check(p: Plan) -> None:
   agent = configs.load(f"configs/agent.py:{p.agent_preset}")
   for g in names:
     logged_agent.check(agent, g, p.agent_checkpoints, p.agent_steps_per_checkpoint)
+  if p.claim_seeds < 1:
+    raise ValueError(f"claim_seeds must be at least 1, got {p.claim_seeds}.")
   if p.agent_checkpoints < 5:
     raise ValueError(f"{p.agent_checkpoints} checkpoints per run leave no low-quality split "
                      f"(the first 20%) apart from the rest: use at least 5.")
@@ -171,6 +178,19 @@ def encoder(p: Plan) -> str:
   return kinds.pop()
 
 
+def _seed_runs(p: Plan) -> list[tuple[str, int]]:
+  """(method, K) of the extra-seed networks of the main claim (`claim_seeds`)."""
+  if "low" not in p.splits:
+    return []
+  return [(m, k) for m in CLAIM_METHODS if m in p.methods for k in range(1, p.claim_seeds)]
+
+
+def seed_stages(p: Plan, method: str) -> list[str]:
+  """The training stages of `method` on the low split, one per seed (seed 0's first)."""
+  return [f"pretrain/{method}_low"] + [
+      f"pretrain/{m}_low_seed{k}" for m, k in _seed_runs(p) if m == method]
+
+
 def data_games(p: Plan) -> tuple[str, ...]:
   """The games the data stage makes: the training games, and the held-out game where the plan
   fine-tunes on it offline."""
@@ -182,10 +202,11 @@ def estimate_seconds(p: Plan) -> float:
   games_n = len(data_games(p))
   data = games_n * p.agent_checkpoints * p.agent_steps_per_checkpoint * _SECONDS_PER_AGENT_STEP
   per_update = _SECONDS_PER_UPDATE.get(p.pretrain_preset, 0.06)
-  runs = len(p.methods) * len(p.splits) + len(p.sizes)
+  runs = len(p.methods) * len(p.splits) + len(p.sizes) + len(_seed_runs(p))
   train = runs * p.pretrain_steps * per_update + 2 * p.finetune_offline_steps * per_update
   online = 2 * p.finetune_online_env_steps * _SECONDS_PER_AGENT_STEP
-  evals = (runs + 4) * len(p.train_games) * p.eval_episodes * p.eval_max_steps \
+  transfer_evals = 2 * (bool(p.finetune_offline_steps) + bool(p.finetune_online_env_steps))
+  evals = (runs * len(p.train_games) + transfer_evals) * p.eval_episodes * p.eval_max_steps \
       * _SECONDS_PER_EVAL_STEP
   return data + train + online + evals
 
@@ -251,11 +272,12 @@ def _read_plan_data(c, p: Plan, data_dir: str) -> None:
       math.ceil(1.05 * p.agent_checkpoints * p.agent_steps_per_checkpoint))
 
 
-def _pretrain_config(p: Plan, data_dir: str, split: str, loss: dict, model: dict):
+def _pretrain_config(p: Plan, data_dir: str, split: str, loss: dict, model: dict,
+                     seed_offset: int = 0):
   c = configs.load(f"configs/pretrain.py:{p.pretrain_preset}")
   with c.unlocked():
     c.games = games.canonical_names(p.train_games)
-    c.seed = p.seed
+    c.seed = p.seed + seed_offset
     c.num_steps = p.pretrain_steps
     c.checkpoint_every = max(1, min(c.checkpoint_every, p.pretrain_steps))
     c.log_every = max(1, min(c.log_every, p.pretrain_steps))
@@ -308,15 +330,19 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print) -> dict
                                  seed=p.seed, skip_existing=True).items()})
 
   # -- Pre-training and evaluation, per method and split; sizes. -----------------------------
-  runs = []  # (stage name, label, split)
+  runs = []  # (stage name, label, split, loss, model, seed offset)
   for split in p.splits:
     for method in p.methods:
       label, loss, model = METHODS[method]
-      runs.append((f"pretrain/{method}_{split}", f"{label}, {split}", split, loss, model))
+      runs.append((f"pretrain/{method}_{split}", f"{label}, {split}", split, loss, model, 0))
+  for method, k in _seed_runs(p):
+    label, loss, model = METHODS[method]
+    runs.append((f"pretrain/{method}_low_seed{k}", f"{label}, low, seed {p.seed + k}", "low",
+                 loss, model, k))
   for size, overrides in p.sizes:
     if not overrides and "low" in p.splits and "scaled_ql" in p.methods:
       continue  # The preset's own size: pretrain/scaled_ql_low is that run.
-    runs.append((f"size/{size}", f"Scaled QL, low, size {size}", "low", {}, dict(overrides)))
+    runs.append((f"size/{size}", f"Scaled QL, low, size {size}", "low", {}, dict(overrides), 0))
   evaluated = {}
 
   def evaluate(name: str, label: str, games_played, behaviour: bool) -> None:
@@ -327,8 +353,8 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print) -> dict
         lambda folder: _evaluate(p, stages.path(name), folder, games_played, behaviour))
     evaluated[name]["label"] = label
 
-  for name, label, split, loss, model in runs:
-    config = _pretrain_config(p, data_dir, split, loss, model)
+  for name, label, split, loss, model, seed_offset in runs:
+    config = _pretrain_config(p, data_dir, split, loss, model, seed_offset)
     stages.run(name, dict(config=json.loads(config.to_json())),
                lambda folder, c=config: _train_result(loop.train(c, folder)))
     evaluate(name, label, p.train_games, True)
@@ -386,8 +412,10 @@ def _finetune_config(p: Plan, mode: str, init: str, data_dir: str):
 def write_report(stages: Stages, p: Plan, evaluated: dict) -> dict:
   """report/: the evaluation report of every network, the claims table, the size fit."""
   out = stages.path("report")
+  pooled, folded, seed_rows = _pool_seeds(p, evaluated, os.path.join(out, "seeds"))
+  shown = {n: pooled.get(n, e) for n, e in evaluated.items() if n not in folded}
   runs = []
-  for name, e in evaluated.items():
+  for name, e in shown.items():
     run = report_lib.load_run(e["results"], e["label"])
     where = name.rsplit("_", 1)[-1] if name.startswith("pretrain/") else (
         "low" if name.startswith("size/") else name.split("/")[-1].split("_")[0])
@@ -396,11 +424,16 @@ def write_report(stages: Stages, p: Plan, evaluated: dict) -> dict:
         b.label = f"behaviour data, {where}"
     runs.append(run)
   paths = report_lib.write_report(runs, out, "Scaled QL at laptop scale")
-  claims = claims_table(p, evaluated)
-  fit = size_fit(p, evaluated)
+  claims = claims_table(p, shown)
+  fit = size_fit(p, evaluated)  # Seed 0 of Scaled QL low, like the other sizes.
   rows = [["claim", "paper", "here", "holds at this scale?"]] + claims
-  md = ["", "## The paper's claims here", "",
-        tables.render(rows[0], rows[1:], "markdown"), ""]
+  md = []
+  if seed_rows:
+    md += ["", "## Training seeds of the main claim", "",
+           "Each network of the pooled rows above, evaluated alone (CIs over its episodes).", "",
+           tables.render(seed_rows[0], seed_rows[1:], "markdown")]
+  md += ["", "## The paper's claims here", "",
+         tables.render(rows[0], rows[1:], "markdown"), ""]
   if fit:
     md += ["## Score against parameters", "", fit["text"], ""]
   with open(paths["markdown"], "a") as f:
@@ -409,6 +442,37 @@ def write_report(stages: Stages, p: Plan, evaluated: dict) -> dict:
   results.atomic_write(paths["claims_csv"], results.to_csv(
       [dict(zip(rows[0], r)) for r in rows[1:]]))
   return paths
+
+
+def _pool_seeds(p: Plan, evaluated: dict, out: str) -> tuple[dict, set, list[list[str]]]:
+  """The main claim's networks trained from several seeds, each method's runs pooled into one
+  evaluation (`results.pooled`, written under `out`): ({seed 0's stage: the pooled entry},
+  the other seeds' stages folded into it, the rows of a table of every seed alone)."""
+  pooled, folded, rows = {}, set(), []
+  for method in CLAIM_METHODS:
+    names = seed_stages(p, method)
+    if len(names) < 2 or not all(n in evaluated for n in names):
+      continue
+    read = [results.read(evaluated[n]["results"]) for n in names]
+    agents = [agent for agent, _, _ in read]
+    label = f"{METHODS[method][0]}, low, {len(names)} seeds"
+    agent = results.pooled(agents, "agent", seed=p.seed)
+    folder = os.path.join(out, f"{method}_low")
+    checkpoint = dict(read[0][2], path=", ".join(str(c.get("path")) for _, _, c in read))
+    baselines = read[0][1]
+    results.write(folder, agent, baselines, checkpoint)
+    folded.update(names[1:])
+    pooled[names[0]] = dict(results=os.path.join(folder, results.RESULTS_FILE), label=label,
+                            iqm={e.label: _iqm(e) for e in [agent, *baselines]})
+    games_played = [g.game for g in agents[0].games]
+    if not rows:
+      rows.append(["network", "training seed", "IQM [95% CI]"] + games_played)
+    for k, (name, a) in enumerate(zip(names, agents)):
+      iqm = _iqm(a)
+      rows.append([name, str(p.seed + k),
+                   f"{iqm[0]:.3f} [{iqm[1]:.3f}, {iqm[2]:.3f}]" if iqm else "-"]
+                  + [f"{a.game(g).mean_return:,.1f}" for g in games_played])
+  return pooled, folded, rows
 
 
 def _get(evaluated, name, label="agent"):

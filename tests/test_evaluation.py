@@ -82,6 +82,60 @@ def test_aggregates_equal_rliable_called_directly():
   assert agg.episodes == min(len(r) for r in returns.values())
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_aggregates_over_seeds_resample_runs_as_rliable_does():
+  """Several trained agents: IQM over the [runs, games] matrix of per-run mean HNS, CIs from
+  rliable's StratifiedBootstrap over runs, which sees seed-to-seed variation and not the
+  spread of one agent's episodes."""
+  from rliable import library, metrics
+  runs = [_returns(seed) for seed in (1, 2, 3)]
+  games = tuple(runs[0])
+  runs = [{g: r.get(g, runs[0][g]) for g in games} for r in runs]  # Same games in every run.
+  agg = evaluation.aggregate_runs(runs, reps=300, seed=3)
+  matrix = np.array([[evaluation.normalize(g, r[g]).mean() for g in games] for r in runs])
+  # IQM of 3 runs x 8 games by hand: the mean of the middle 12 of the 24 scores.
+  assert agg.iqm.value == pytest.approx(np.sort(matrix.ravel())[6:18].mean())
+  assert agg.mean.value == pytest.approx(matrix.mean())
+  assert (agg.runs, agg.games, agg.reps) == (3, games, 300)
+
+  def fn(m):
+    return np.array([metrics.aggregate_iqm(m), metrics.aggregate_median(m),
+                     metrics.aggregate_mean(m)])
+  np.random.seed(3)
+  _, intervals = library.get_interval_estimates({"x": matrix}, fn, reps=300,
+                                                random_state=np.random.RandomState(3))
+  low, high = intervals["x"]
+  assert (agg.iqm.low, agg.iqm.high) == pytest.approx((low[0], high[0]))
+  assert "3 runs (training seeds)" in agg.note()
+  # Three seeds whose per-game means agree, each with widely spread episodes: no seed variance
+  # (a zero-width CI), where the episodes' bootstrap of one of them is wide.
+  spread = {g: np.array([0.0, 40.0, 10.0, 30.0]) for g in ("pong", "breakout", "freeway")}
+  same = [{g: np.roll(v, k) for g, v in spread.items()} for k in range(3)]
+  by_runs = evaluation.aggregate_runs(same, reps=200)
+  assert by_runs.iqm.low == pytest.approx(by_runs.iqm.high)
+  by_episodes = evaluation.aggregate(spread, reps=200)
+  assert by_episodes.iqm.high - by_episodes.iqm.low > 0.1
+  with pytest.raises(ValueError, match="different games"):
+    evaluation.aggregate_runs([spread, {"pong": [1.0]}])
+
+
+def test_pooled_seeds_keep_every_episode_and_round_trip(tmp_path):
+  def rollouts(seed):
+    return evaluation.from_rollouts(evaluation.run_episodes(
+        None, ["freeway", "pong"], 2, envs_per_game=2, max_steps_per_episode=20, seed=seed),
+        "agent", reps=50)
+  runs = [rollouts(s) for s in (0, 1)]
+  pooled = evaluation.pooled(runs, "agent", reps=50)
+  assert len(pooled.episodes) == 8 and pooled.game("freeway").episodes == 4
+  assert pooled.game("pong").mean_return == pytest.approx(
+      np.mean([e.episode_return for r in runs for e in r.episodes if e.game == "pong"]))
+  assert pooled.aggregates.runs == 2 and pooled.settings["runs"] == 2
+  evaluation.write(str(tmp_path), pooled)
+  back, _, _ = evaluation.read(str(tmp_path))
+  assert back == pooled
+  assert any("2 trained agents (seeds)" in n for n in tables.notes([pooled]))
+
+
 def test_games_without_reference_scores_are_left_out_of_aggregates_and_said_so():
   returns = _returns()
   with_extra = dict(returns, carnival=np.array([500.0, 700.0]), pooyan=np.array([10.0]))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from scaled_ql import errors, reproduce
+from scaled_ql import errors, evaluation, reproduce
 
 
 HAS_REVERB = importlib.util.find_spec("reverb") is not None
@@ -46,6 +46,17 @@ def test_every_stage_and_report_file(reproduced):
   assert "Scaled QL > behaviour data (low-quality split, IQM)" in md
   assert "behaviour data, low" in md and "behaviour data, all" in md
   assert "## Score against parameters" in md
+  # The main claim's methods on the low split, trained from 2 seeds (the test plan's
+  # claim_seeds): judged on both runs, each seed also shown alone.
+  assert os.path.exists(os.path.join(workdir, "pretrain/bc_low_seed1", reproduce.STAGE_FILE))
+  assert "Scaled QL (C51 + CQL), low, 2 seeds" in md and "BC, low, 2 seeds" in md
+  assert "## Training seeds of the main claim" in md and "| pretrain/scaled_ql_low_seed1 |" in md
+  assert "2 trained agents (seeds)" in md
+  pooled, _, _ = evaluation.read(os.path.join(workdir, "report/seeds/scaled_ql_low"))
+  assert pooled.aggregates.runs == 2
+  iqm = pooled.aggregates.iqm
+  claim = next(line for line in md.splitlines() if line.startswith("| Scaled QL > BC"))
+  assert f"{iqm.value:.3f} [{iqm.low:.3f}, {iqm.high:.3f}] vs" in claim
   with open(paths["claims_csv"]) as f:
     assert f.readline().startswith("claim,paper,here,holds at this scale?")
 

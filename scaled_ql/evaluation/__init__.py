@@ -22,11 +22,11 @@ _EXPORTS = {
     "policy": ("GreedyFn", "action_values", "fixed_action_policy", "head_indices",
                "make_greedy_policy"),
     "restore": ("CheckpointError", "EvalCheckpoint", "load"),
-    "results": ("Evaluation", "from_rollouts", "read", "write"),
+    "results": ("Evaluation", "from_rollouts", "pooled", "read", "write"),
     "rollout": ("DEFAULT_EPSILON", "Episode", "Rollouts", "Settings", "check_budget",
                 "run_episodes"),
-    "scores": ("Aggregates", "Estimate", "GameScore", "aggregate", "game_score", "normalize",
-               "score_matrix"),
+    "scores": ("Aggregates", "Estimate", "GameScore", "aggregate", "aggregate_runs", "game_score",
+               "normalize", "score_matrix"),
     "tables": ("aggregate_table", "comparison_table", "game_table", "notes"),
     "job": (),  # the evaluation job of launch.evaluate
 }

@@ -50,7 +50,7 @@ class Evaluation:
       agg = scores_lib.Aggregates(
           **{m: scores_lib.Estimate(**agg[m]) for m in scores_lib.METRICS},
           games=tuple(agg["games"]), excluded=tuple(agg["excluded"]), episodes=agg["episodes"],
-          reps=agg["reps"], confidence=agg["confidence"])
+          reps=agg["reps"], confidence=agg["confidence"], runs=agg.get("runs", 1))
     return cls(label=d["label"], settings=d.get("settings", {}),
                games=[scores_lib.GameScore(**g) for g in d["games"]], aggregates=agg or None,
                episodes=[Episode(**e) for e in d.get("episodes", [])])
@@ -68,6 +68,22 @@ def from_rollouts(rollouts: Rollouts, label: str, *,
                   seconds=round(rollouts.seconds, 3),
                   policy_seconds=round(rollouts.policy_seconds, 3))
   return Evaluation(label, games, aggregates, settings, list(rollouts.episodes))
+
+
+def pooled(runs: Sequence[Evaluation], label: str, *,
+           reps: int = scores_lib.DEFAULT_BOOTSTRAP_REPS, seed: int = 0) -> Evaluation:
+  """One method's evaluations of several trained agents (seeds) as one: per-game scores over
+  all their episodes, aggregates over runs x games (`scores.aggregate_runs`)."""
+  by_run = [{g.game: [e.episode_return for e in r.episodes if e.game == g.game]
+             for g in r.games} for r in runs]
+  games = []
+  for g in runs[0].games:
+    eps = [e for r in runs for e in r.episodes if e.game == g.game]
+    games.append(scores_lib.game_score(g.game, [e.episode_return for e in eps],
+                                       [e.length for e in eps], sum(e.truncated for e in eps)))
+  aggregates = scores_lib.aggregate_runs(by_run, reps=reps, seed=seed)
+  settings = dict(runs[0].settings, runs=len(runs))
+  return Evaluation(label, games, aggregates, settings, [e for r in runs for e in r.episodes])
 
 
 def cut_short(evaluation: Evaluation) -> Optional[tuple[int, int, int]]:
@@ -111,7 +127,8 @@ def aggregate_rows(evaluations: Sequence[Evaluation]) -> list[dict]:
       est = getattr(a, m)
       rows.append(dict(policy=e.label, metric=m, value=est.value, ci_low=est.low,
                        ci_high=est.high, confidence=a.confidence, games=" ".join(a.games),
-                       excluded=" ".join(a.excluded), episodes_per_game=a.episodes, reps=a.reps))
+                       excluded=" ".join(a.excluded), episodes_per_game=a.episodes, runs=a.runs,
+                       reps=a.reps))
   return rows
 
 

@@ -14,6 +14,10 @@ with percentile confidence intervals from a stratified bootstrap that resamples 
 episodes independently and recomputes the per-game means (rliable
 `get_interval_estimates` with one array per game, i.e. `StratifiedIndependentBootstrap`): the
 evaluation noise of this agent. Games may have different episode counts (dataset baselines).
+
+`aggregate_runs` is for several trained agents of one method (training seeds): rliable's own
+setting, the [runs, games] matrix of each run's per-game mean HNS, IQM over all its entries,
+CIs from `StratifiedBootstrap` resampling the runs of each game (training-seed variance).
 """
 from __future__ import annotations
 
@@ -91,12 +95,15 @@ class Aggregates:
   episodes: int  # Episodes per game (the fewest, where games differ).
   reps: int  # Bootstrap replications.
   confidence: float
+  runs: int = 1  # Trained agents (seeds) pooled; > 1: the CIs resample runs, not episodes.
 
   def note(self) -> str:
     """A sentence for tables: what was aggregated and what was left out, and why."""
+    over = (f"each game's {self.runs} runs (training seeds)" if self.runs > 1
+            else "each game's episodes")
     text = (f"IQM / median / mean over {len(self.games)} game(s) of per-game mean "
             f"human-normalized scores; {self.confidence:.0%} CIs from {self.reps} stratified-"
-            f"bootstrap replications over each game's episodes (rliable).")
+            f"bootstrap replications over {over} (rliable).")
     if self.excluded:
       text += (f" Not in the aggregates (no published random/human reference scores): "
                f"{', '.join(self.excluded)}.")
@@ -132,6 +139,26 @@ def score_matrix(returns_by_game: dict[str, Sequence[float]]) -> np.ndarray:
   return np.array([[c.mean() for c in columns]])
 
 
+def _bootstrap(scores, func, reps: int, confidence: float, seed: int):
+  """rliable's (point, (low, high)) of `func` on `scores` (a [runs, games] matrix: resample runs
+  within games; or a list of per-game arrays: resample each game's entries)."""
+  from rliable import library  # pylint: disable=g-import-not-at-top
+  # rliable 1.2's stratified bootstraps draw their indices from the global np.random (they
+  # ignore random_state), so the global generator is seeded here and restored after.
+  global_state = np.random.get_state()
+  np.random.seed(seed)
+  try:
+    with warnings.catch_warnings():  # arch's FutureWarning about RandomState.
+      warnings.simplefilter("ignore", FutureWarning)
+      points, intervals = library.get_interval_estimates(
+          {"x": scores}, func, reps=int(reps), confidence_interval_size=confidence,
+          random_state=np.random.RandomState(seed))
+  finally:
+    np.random.set_state(global_state)
+  point, (low, high) = points["x"], intervals["x"]
+  return [Estimate(float(point[i]), float(low[i]), float(high[i])) for i in range(3)]
+
+
 def aggregate(returns_by_game: dict[str, Sequence[float]], *,
               reps: int = DEFAULT_BOOTSTRAP_REPS, confidence: float = DEFAULT_CONFIDENCE,
               seed: int = 0) -> Optional[Aggregates]:
@@ -139,24 +166,34 @@ def aggregate(returns_by_game: dict[str, Sequence[float]], *,
 
   returns_by_game: per game, its episodes' raw returns (any counts >= 1).
   """
-  from rliable import library  # pylint: disable=g-import-not-at-top
   columns, kept, excluded = normalized_by_game(returns_by_game)
   if not kept:
     return None
-  # rliable 1.2's StratifiedIndependentBootstrap draws its indices from the global np.random
-  # (it ignores random_state), so the global generator is seeded here and restored after.
-  global_state = np.random.get_state()
-  np.random.seed(seed)
-  try:
-    with warnings.catch_warnings():  # arch's FutureWarning about RandomState.
-      warnings.simplefilter("ignore", FutureWarning)
-      points, intervals = library.get_interval_estimates(
-          {"x": columns}, _metrics_of_episodes, reps=int(reps),
-          confidence_interval_size=confidence, random_state=np.random.RandomState(seed))
-  finally:
-    np.random.set_state(global_state)
-  point, (low, high) = points["x"], intervals["x"]
-  est = [Estimate(float(point[i]), float(low[i]), float(high[i])) for i in range(3)]
+  est = _bootstrap(columns, _metrics_of_episodes, reps, confidence, seed)
   return Aggregates(*est, games=kept, excluded=excluded,
                     episodes=int(min(c.size for c in columns)), reps=int(reps),
                     confidence=float(confidence))
+
+
+def aggregate_runs(runs: Sequence[dict[str, Sequence[float]]], *,
+                   reps: int = DEFAULT_BOOTSTRAP_REPS, confidence: float = DEFAULT_CONFIDENCE,
+                   seed: int = 0) -> Optional[Aggregates]:
+  """IQM / median / mean with CIs over runs x games (rliable's setting; module docstring).
+
+  runs: per trained agent (seed), per game, its episodes' raw returns; every run plays the
+  same games. A run's score on a game is the mean HNS of its episodes there.
+  """
+  if len(runs) < 2:
+    raise ValueError(f"aggregate_runs needs at least 2 runs, got {len(runs)}; use aggregate.")
+  game_sets = {tuple(r) for r in runs}
+  if len(game_sets) != 1:
+    raise ValueError(f"the runs played different games: {sorted(game_sets)}.")
+  per_run = [normalized_by_game(r) for r in runs]
+  _, kept, excluded = per_run[0]
+  if not kept:
+    return None
+  matrix = np.array([[c.mean() for c in columns] for columns, _, _ in per_run])
+  est = _bootstrap(matrix, metrics_of, reps, confidence, seed)
+  episodes = min(c.size for columns, _, _ in per_run for c in columns)
+  return Aggregates(*est, games=kept, excluded=excluded, episodes=int(episodes),
+                    reps=int(reps), confidence=float(confidence), runs=len(runs))

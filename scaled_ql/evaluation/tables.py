@@ -102,6 +102,12 @@ def notes(evaluations: Sequence[results.Evaluation]) -> list[str]:
                f"{a.confidence:.0%} percentile CIs from {a.reps} stratified-bootstrap "
                f"replications resampling each game's episodes (rliable): evaluation noise "
                f"only, not training-seed variance.")
+    for e in aggregated:
+      if e.aggregates.runs > 1:
+        out.append(f"{e.label}: {e.aggregates.runs} trained agents (seeds); IQM / median / mean "
+                   f"over their runs x games scores (a run's score on a game: the mean HNS of "
+                   f"its episodes), CIs resampling each game's runs (rliable's "
+                   f"StratifiedBootstrap): training-seed variance.")
   excluded = sorted({g for e in aggregated for g in e.aggregates.excluded})
   no_aggregate = [e.label for e in evaluations if e.aggregates is None]
   if excluded:
