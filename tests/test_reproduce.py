@@ -3,6 +3,7 @@ cached stages on a rerun, and bad plans refused before any work."""
 import dataclasses
 import importlib.util
 import os
+import shutil
 
 import pytest
 
@@ -66,6 +67,14 @@ def test_a_rerun_keeps_finished_stages_and_other_settings_are_refused(reproduced
   log = []
   reproduce.reproduce(workdir, _plan(), log=log.append)
   assert "[data] done before: kept" in log and not any("running" in line for line in log)
+  # A work directory moved elsewhere resumes there: its stages keep paths relative to it.
+  moved = workdir + "_moved"
+  shutil.copytree(workdir, moved)
+  log = []
+  paths = reproduce.reproduce(moved, _plan(), log=log.append)
+  assert not any("running" in line for line in log), log
+  assert paths["markdown"].startswith(moved) and os.path.getsize(paths["markdown"]) > 0
+  assert workdir + os.sep not in open(os.path.join(moved, "data", reproduce.STAGE_FILE)).read()
   with pytest.raises(errors.InputError, match="data was made with other settings.*seed"):
     reproduce.reproduce(workdir, _plan(seed=1), log=log.append)
 
