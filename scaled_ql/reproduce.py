@@ -128,7 +128,7 @@ def plan(budget: str = "default", scale: float = 1.0, seed: int = 0) -> Plan:
              sizes=(("small", (("feature_dim", 32), ("spatial_features", 4))), ("medium", ()),
                     ("large", (("feature_dim", 256), ("spatial_features", 16)))),
              finetune_offline_steps=1_000, finetune_online_env_steps=10_000, eval_episodes=8,
-             eval_max_steps=2_500, claim_seeds=3, **common)
+             eval_max_steps=2_500, claim_seeds=5, **common)
   else:
     raise ValueError(f"unknown budget {budget!r}; choose test, quick or default.")
   if scale != 1.0:

@@ -53,6 +53,7 @@ def test_every_stage_and_report_file(reproduced):
   assert "Scaled QL (C51 + CQL), low, 2 seeds" in md and "BC, low, 2 seeds" in md
   assert "## Training seeds of the main claim" in md and "| pretrain/scaled_ql_low_seed1 |" in md
   assert "2 trained agents (seeds)" in md
+  assert "| Scaled QL (C51 + CQL), low, 2 seeds | 2 | 2 x 1 |" in md  # games, seeds x episodes
   pooled, _, _ = evaluation.read(os.path.join(workdir, "report/seeds/scaled_ql_low"))
   assert pooled.aggregates.runs == 2
   iqm = pooled.aggregates.iqm

@@ -86,7 +86,8 @@ def aggregate_table(evaluations: Sequence[results.Evaluation], fmt: str = "text"
       rows.append([e.label, "0", NA, NA, NA, NA])
       continue
     header[3:] = [f"{m} [{a.confidence:.0%} CI]" for m in ("IQM", "median", "mean")]
-    rows.append([e.label, str(len(a.games)), str(a.episodes), _estimate(a.iqm),
+    episodes = f"{a.runs} x {a.episodes}" if a.runs > 1 else str(a.episodes)  # seeds x each's
+    rows.append([e.label, str(len(a.games)), episodes, _estimate(a.iqm),
                  _estimate(a.median), _estimate(a.mean)])
   return render(header, rows, fmt)
 
