@@ -191,10 +191,14 @@ def _seed_runs(p: Plan) -> list[tuple[str, int]]:
   return [(m, k) for m in CLAIM_METHODS if m in p.methods for k in range(1, p.claim_seeds)]
 
 
+def _seed_stage(method: str, k: int) -> str:
+  """The training stage of `method` on the low split from seed seed+K (K = 0: the split's)."""
+  return f"pretrain/{method}_low" + (f"_seed{k}" if k else "")
+
+
 def seed_stages(p: Plan, method: str) -> list[str]:
   """The training stages of `method` on the low split, one per seed (seed 0's first)."""
-  return [f"pretrain/{method}_low"] + [
-      f"pretrain/{m}_low_seed{k}" for m, k in _seed_runs(p) if m == method]
+  return [_seed_stage(method, 0)] + [_seed_stage(m, k) for m, k in _seed_runs(p) if m == method]
 
 
 def data_games(p: Plan) -> tuple[str, ...]:
@@ -231,9 +235,9 @@ class Stages:
     return os.path.join(self.workdir, name)
 
   def _portable(self, value):
-    """`value` (JSON) with every path under the work directory written relative to it."""
+    """`value` as JSON data, every path under the work directory written relative to it."""
     prefix = self.workdir + os.sep
-    return _map_strings(value, lambda s: WORKDIR_TAG + s[len(self.workdir):]
+    return _map_strings(json.loads(json.dumps(value)), lambda s: WORKDIR_TAG + s[len(self.workdir):]
                         if s == self.workdir or s.startswith(prefix) else s)
 
   def _resolve(self, value):
@@ -244,7 +248,7 @@ class Stages:
     """fn(folder) -> result dict, unless the stage is done with these settings."""
     folder = self.path(name)
     marker = os.path.join(folder, STAGE_FILE)
-    settings = self._portable(json.loads(json.dumps(settings)))
+    settings = self._portable(settings)
     if os.path.exists(marker):
       with open(marker) as f:
         saved = json.load(f)
@@ -264,7 +268,7 @@ class Stages:
     self.log(f"[{name}] running")
     result = fn(folder)
     _write_json(marker, dict(settings=settings, done=True,
-                             result=self._portable(json.loads(json.dumps(result))),
+                             result=self._portable(result),
                              seconds=round(time.time() - start, 1)))
     self.log(f"[{name}] done in {time.time() - start:.0f}s")
     return result
@@ -373,8 +377,8 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print) -> dict
       runs.append((f"pretrain/{method}_{split}", f"{label}, {split}", split, loss, model, 0))
   for method, k in _seed_runs(p):
     label, loss, model = METHODS[method]
-    runs.append((f"pretrain/{method}_low_seed{k}", f"{label}, low, seed {p.seed + k}", "low",
-                 loss, model, k))
+    runs.append((_seed_stage(method, k), f"{label}, low, seed {p.seed + k}", "low", loss, model,
+                 k))
   for size, overrides in p.sizes:
     if not overrides and "low" in p.splits and "scaled_ql" in p.methods:
       continue  # The preset's own size: pretrain/scaled_ql_low is that run.
