@@ -27,7 +27,12 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval
 _MAX_STEPS = flags.DEFINE_integer("max_steps_per_episode", 0, "Cut episodes after this many "
                                   "agent steps (CPU budgets); 0 = the protocol's 27,000.")
 _BASELINES = flags.DEFINE_list("baselines", [], "Also score: random (uniform policy, same "
-                               "protocol) and/or behaviour (the dataset's episode returns).")
+                               "protocol), constant (every legal action held for whole "
+                               "episodes, the best per game) and/or behaviour (the dataset's "
+                               "episode returns, cut at --max_steps_per_episode as the agent's).")
+_CACHE = flags.DEFINE_string("baseline_cache", job.default_baseline_cache(),
+                             "Where the constant baseline keeps each game's result per protocol "
+                             "(computed once); empty: no cache.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset of the behaviour baseline (default: "
                                 "the run's config data.data_dir).")
 _BEHAVIOUR_MAX = flags.DEFINE_integer("behaviour_max_episodes", 1000,
@@ -49,7 +54,8 @@ def main(argv):
       max_steps_per_episode=_MAX_STEPS.value, baselines=tuple(_BASELINES.value),
       data_dir=_DATA_DIR.value, behaviour_max_episodes=_BEHAVIOUR_MAX.value,
       bootstrap_reps=_REPS.value, num_workers=_WORKERS.value, mode=_MODE.value,
-      difficulty=_DIFFICULTY.value), progress=metrics.progress)
+      difficulty=_DIFFICULTY.value, baseline_cache=_CACHE.value or None),
+      progress=metrics.progress)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 MAX_ACTIONS = 18  # The full ALE action space: every game's head has this many slots.
+# ALE's action ids 0..17, by name (ale_py.Action).
+ALE_ACTION_NAMES = ("NOOP", "FIRE", "UP", "RIGHT", "LEFT", "DOWN", "UPRIGHT", "UPLEFT",
+                    "DOWNRIGHT", "DOWNLEFT", "UPFIRE", "RIGHTFIRE", "LEFTFIRE", "DOWNFIRE",
+                    "UPRIGHTFIRE", "UPLEFTFIRE", "DOWNRIGHTFIRE", "DOWNLEFTFIRE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,3 +176,8 @@ def human_normalized_score(name: str, score: float) -> float:
   if not game.has_reference_scores:
     raise ValueError(f"game {game.name!r} has no published random/human reference scores.")
   return (score - game.random_score) / (game.human_score - game.random_score)
+
+
+def action_name(game, slot: int) -> str:
+  """The ALE name of action slot `slot` of `game` (an index into its minimal action set)."""
+  return ALE_ACTION_NAMES[get_game(game).minimal_actions[int(slot)]]

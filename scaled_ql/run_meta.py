@@ -98,3 +98,60 @@ def describe(meta: dict, config: Optional[dict] = None) -> Described:
   model = dict(meta["model"])
   model.setdefault("feature_scale", 1.0)  # Trained before the heads saw scaled features.
   return Described(model, tuple(meta["games"]), meta["loss_kind"], float(v_min), float(v_max))
+
+
+PROVENANCE_FILE = "provenance.json"
+
+
+def provenance() -> dict:
+  """What a result's bits depend on beyond its inputs and seed: the JAX and jaxlib versions,
+  XLA:CPU's runtime (classic and thunk give different parameters), the CPU cores the process
+  may use (the thunk runtime's results depend on them), and the library's code (a SHA-256 over
+  its Python sources). Results made under different ones must not be mixed."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  return dict(jax=jax.__version__, jaxlib=jaxlib.__version__, xla_cpu_runtime=cpu_runtime(),
+              cpu_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+              else os.cpu_count(), code=code_version())
+
+
+def cpu_runtime() -> str:
+  """XLA:CPU's runtime in this process: "classic" or "thunk" ("none" off CPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != "cpu":
+    return f"none ({jax.default_backend()})"
+  return ("classic" if "--xla_cpu_use_thunk_runtime=false" in os.environ.get("XLA_FLAGS", "")
+          else "thunk")
+
+
+def code_version() -> str:
+  """'sha256:<16 hex>' over the scaled_ql package's Python files (paths and bytes, in order):
+  the same in a checkout and an installed wheel of the same code."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.abspath(__file__))
+  digest = hashlib.sha256()
+  for folder, dirs, files in sorted(os.walk(root)):
+    dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+    for name in sorted(f for f in files if f.endswith(".py")):
+      path = os.path.join(folder, name)
+      digest.update(os.path.relpath(path, root).replace(os.sep, "/").encode() + b"\0")
+      with open(path, "rb") as f:
+        digest.update(f.read() + b"\0")
+  return "sha256:" + digest.hexdigest()[:16]
+
+
+def write_provenance(workdir: str) -> str:
+  """WORKDIR/provenance.json: `provenance()` of the process that trained there (for people
+  and reports; a resumed run rewrites it, and keeps the earlier ones listed as `before`)."""
+  path = os.path.join(workdir, PROVENANCE_FILE)
+  now = provenance()
+  before = []
+  if os.path.isfile(path):
+    with open(path) as f:
+      saved = json.load(f)
+    before = saved.get("before", []) + [{k: v for k, v in saved.items() if k != "before"}]
+    before = [b for b in before if b != now]
+  with open(path + ".tmp", "w") as f:
+    json.dump(dict(now, before=before), f, indent=1)
+  os.replace(path + ".tmp", path)
+  return path

@@ -19,3 +19,9 @@ from scaled_ql.frames import FRAME_SHAPE, STACK_SIZE
 # Internals the tests and the benchmark measure directly.
 from scaled_ql.envs.resize import _area_table, _integer_area_plan, _resize_area_reference
 from scaled_ql.envs.stacking import _Stacks
+
+
+def ale_version() -> str:
+  """The installed ale-py's version (ROMs and emulation can change between releases)."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  return metadata.version("ale-py")

@@ -17,7 +17,7 @@ from scaled_ql import games as games_lib
 from scaled_ql.evaluation import baselines as baselines_lib
 from scaled_ql.evaluation import policy, restore, results, rollout, scores, tables
 
-BASELINE_KINDS = ("random", "behaviour")
+BASELINE_KINDS = ("random", "constant", "behaviour")
 
 
 @dataclasses.dataclass
@@ -38,6 +38,14 @@ class Request:
   num_workers: int = 0
   mode: Optional[int] = None
   difficulty: Optional[int] = None
+  baseline_cache: Optional[str] = None  # the constant baseline's cache (None: none).
+
+
+def default_baseline_cache() -> str:
+  """$XDG_CACHE_HOME/scaled_ql/baselines (~/.cache/...): the constant baseline's results per
+  game and protocol, shared by every evaluation on this machine."""
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(root, "scaled_ql", "baselines")
 
 
 class Checked(NamedTuple):
@@ -148,10 +156,17 @@ def evaluate(r: Request, progress=None, verbose: bool = True
                            lambda bar: baselines_lib.random_policy(
                                games, r.episodes, reps=r.bootstrap_reps, on_episodes=bar,
                                **protocol)))
+  if "constant" in r.baselines:
+    slots = sum(games_lib.get_game(g).num_actions for g in games)
+    baselines.append(_play(progress, "constant actions", slots * r.episodes,
+                           lambda bar: baselines_lib.constant_action(
+                               games, r.episodes, reps=r.bootstrap_reps,
+                               cache_dir=r.baseline_cache, on_episodes=bar, **protocol)))
   if c.behaviour:
     baselines.append(_play(progress, "behaviour data", None, lambda bar: baselines_lib
                            .behaviour_data(games=games, max_episodes=r.behaviour_max_episodes,
                                            reps=r.bootstrap_reps, seed=r.seed,
+                                           max_steps_per_episode=max_steps,
                                            on_episode=lambda: bar(1), **c.behaviour),
                            unit="episode read"))
 

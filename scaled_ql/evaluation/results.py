@@ -17,6 +17,8 @@ import json
 import os
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from scaled_ql import envs
 from scaled_ql.evaluation import scores as scores_lib
 from scaled_ql.evaluation.rollout import Episode, Rollouts
@@ -61,7 +63,8 @@ def from_rollouts(rollouts: Rollouts, label: str, *,
   """Per-game scores and aggregates of a set of rollouts."""
   by_game = {g: rollouts.of(g) for g in rollouts.games}
   games = [scores_lib.game_score(g, [e.episode_return for e in eps], [e.length for e in eps],
-                                 sum(e.truncated for e in eps)) for g, eps in by_game.items()]
+                                 sum(e.truncated for e in eps), rollouts.action_counts.get(g, ()))
+           for g, eps in by_game.items()]
   aggregates = scores_lib.aggregate(
       {g: [e.episode_return for e in eps] for g, eps in by_game.items()}, reps=reps, seed=seed)
   settings = dict(dataclasses.asdict(rollouts.settings), agent_steps=rollouts.agent_steps,
@@ -79,8 +82,12 @@ def pooled(runs: Sequence[Evaluation], label: str, *,
   games = []
   for g in runs[0].games:
     eps = [e for r in runs for e in r.episodes if e.game == g.game]
-    games.append(scores_lib.game_score(g.game, [e.episode_return for e in eps],
-                                       [e.length for e in eps], sum(e.truncated for e in eps)))
+    score = scores_lib.game_score(g.game, [e.episode_return for e in eps],
+                                  [e.length for e in eps], sum(e.truncated for e in eps))
+    shares = [r.game(g.game).top_action_share for r in runs]
+    if all(s is not None for s in shares):  # Each run's own policy: the mean of their shares.
+      score = dataclasses.replace(score, top_action_share=float(np.mean(shares)))
+    games.append(score)
   aggregates = scores_lib.aggregate_runs(by_run, reps=reps, seed=seed)
   settings = dict(runs[0].settings, runs=len(runs))
   return Evaluation(label, games, aggregates, settings, [e for r in runs for e in r.episodes])

@@ -78,6 +78,9 @@ class Rollouts:
   policy_seconds: float  # Of which computing actions.
   cpu_seconds: float  # CPU time of this process (all threads) in the loop.
   setup_seconds: float  # Wall time building and resetting the envs.
+  # Per game, how often the policy chose each action slot in the recorded episodes' steps
+  # (before epsilon exploration); empty for the random policy, which has no choice of its own.
+  action_counts: dict = dataclasses.field(default_factory=dict)
 
   def of(self, game: str) -> list[Episode]:
     return [e for e in self.episodes if e.game == game]
@@ -161,6 +164,7 @@ def run_episodes(greedy: Optional[GreedyFn], games: Sequence[str], episodes_per_
   done = np.zeros(len(specs), np.int64)
   num_actions = np.array([games_lib.get_game(games[g]).num_actions for g in game_index])
   episodes: list[Episode] = []
+  counts = np.zeros((len(games), games_lib.MAX_ACTIONS), np.int64)
   steps, policy_seconds = 0, 0.0
   setup = time.perf_counter()
   with envs.VectorAtariEnv(specs, max_episode_frames=max_frames,
@@ -173,6 +177,9 @@ def run_episodes(greedy: Optional[GreedyFn], games: Sequence[str], episodes_per_
       actions = (greedy(observation, game_index) if epsilon < 1.0
                  else np.zeros(len(specs), np.int64))
       actions = np.asarray(actions, np.int64)
+      if epsilon < 1.0:  # The policy's own choices, in the steps of episodes that are recorded.
+        live = done < quota
+        np.add.at(counts, (game_index[live], actions[live]), 1)
       for i, rng in enumerate(rngs):  # Per env, so its stream is its own (module docstring).
         if epsilon > 0.0 and (epsilon >= 1.0 or rng.random() < epsilon):
           actions[i] = rng.integers(num_actions[i])
@@ -193,4 +200,8 @@ def run_episodes(greedy: Optional[GreedyFn], games: Sequence[str], episodes_per_
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
   order = {g: i for i, g in enumerate(games)}
   episodes.sort(key=lambda e: (order[e.game], e.env, e.index))
-  return Rollouts(games, settings, episodes, steps, seconds, policy_seconds, cpu, setup)
+  action_counts = ({} if epsilon >= 1.0 else
+                   {g: counts[i, :games_lib.get_game(g).num_actions].tolist()
+                    for i, g in enumerate(games)})
+  return Rollouts(games, settings, episodes, steps, seconds, policy_seconds, cpu, setup,
+                  action_counts)

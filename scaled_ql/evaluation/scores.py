@@ -59,11 +59,16 @@ class GameScore:
   mean_length: float  # Agent steps.
   truncated: int  # Episodes ended by the frame cap (108,000 frames, or a shorter CPU budget).
   normalized: Optional[float]  # HNS of mean_return; None without reference scores.
+  # The share of the policy's own choices (before epsilon) that went to its most frequent
+  # action, and that action's slot: 1.0 is a constant policy. None where not measured (the
+  # random policy, dataset baselines, results written before it was recorded).
+  top_action_share: Optional[float] = None
+  top_action: Optional[int] = None
 
 
 def game_score(game: str, returns: Sequence[float], lengths: Sequence[int] = (),
-               truncated: int = 0) -> GameScore:
-  """Summarises one game's episode returns."""
+               truncated: int = 0, action_counts: Sequence[int] = ()) -> GameScore:
+  """Summarises one game's episode returns (and the policy's action counts, where given)."""
   r = np.asarray(returns, np.float64)
   if r.size == 0:
     raise ValueError(f"no episodes for game {game!r}.")
@@ -74,7 +79,17 @@ def game_score(game: str, returns: Sequence[float], lengths: Sequence[int] = (),
       min_return=float(r.min()), max_return=float(r.max()),
       mean_length=float(np.mean(lengths)) if len(lengths) else float("nan"),
       truncated=int(truncated),
-      normalized=float(normalize(name, r.mean())) if has_reference(name) else None)
+      normalized=float(normalize(name, r.mean())) if has_reference(name) else None,
+      **top_action(action_counts))
+
+
+def top_action(action_counts: Sequence[int]) -> dict:
+  """{top_action_share, top_action} of per-slot action counts ({} when none were counted)."""
+  counts = np.asarray(action_counts, np.int64)
+  if counts.size == 0 or counts.sum() == 0:
+    return {}
+  return dict(top_action_share=float(counts.max() / counts.sum()),
+              top_action=int(counts.argmax()))
 
 
 @dataclasses.dataclass(frozen=True)

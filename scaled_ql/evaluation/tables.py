@@ -49,10 +49,23 @@ def game_table(evaluation: results.Evaluation, fmt: str = "text") -> str:
   """One policy's per-game scores in detail."""
   header = ["game", "episodes", "return", "± s.e.", "min", "max", "length", "truncated",
             "random", "human", "HNS"]
+  shares = any(g.top_action_share is not None for g in evaluation.games)
+  if shares:
+    header.append("top action (share of steps)")
   rows = [[g.game, str(g.episodes), _num(g.mean_return), _num(g.stderr_return),
            _num(g.min_return), _num(g.max_return), _num(g.mean_length, 0), str(g.truncated),
-           *_reference(g.game), _hns(g.normalized)] for g in evaluation.games]
+           *_reference(g.game), _hns(g.normalized)] + ([top_action(g)] if shares else [])
+          for g in evaluation.games]
   return render(header, rows, fmt)
+
+
+def top_action(g: scores.GameScore) -> str:
+  """'RIGHT 91%': the policy's most frequent action and its share of the steps."""
+  if g.top_action_share is None:
+    return NA
+  name = (games_lib.action_name(g.game, g.top_action) + " " if g.top_action is not None
+          else "")
+  return f"{name}{g.top_action_share:.0%}"
 
 
 def comparison_table(evaluations: Sequence[results.Evaluation], fmt: str = "text") -> str:
@@ -131,6 +144,14 @@ def notes(evaluations: Sequence[results.Evaluation]) -> list[str]:
       out.append(f"{e.label}: played the game variant mode {e.settings.get('mode')}, "
                  f"difficulty {e.settings.get('difficulty')} (None = the ROM's default); "
                  f"human-normalized scores use the default game's reference scores.")
+  for e in evaluations:
+    best = e.settings.get("best") if e.settings.get("policy") == "constant" else None
+    if best:
+      out.append(f"{e.label}: " + "; ".join(
+          f"{g} {b['action']} (of " + ", ".join(f"{a} {m:,.1f}" for a, m in
+                                               b["mean_returns"].items()) + ")"
+          for g, b in best.items()) + ": each legal action held for whole episodes under the "
+          "same protocol, the best per game.")
   for e in evaluations:
     if e.settings.get("policy") != "behaviour data":
       continue

@@ -14,16 +14,15 @@ the config's loss) runs every `update_every` env steps once the replay holds
 The data: `{data_dir}/{dataset_name}/{Game}_run_{k}/` (RLDS, one split per checkpoint),
 written atomically when the last segment is done, with `agent_returns.json` beside it.
 
-Resume. After each segment the job keeps, in `{data_dir}/{dataset_name}/.agent-{Game}_run_{k}/`:
-the segment's episodes (`segment_NN.npz`), the train state (Orbax), and `progress.json` (the
-segment's returns, updates, env steps). A killed run, rerun with the same command, restores the
-newest complete segment's state, rebuilds the replay from the kept episodes (the FIFO replay
-holds exactly the newest episodes, which are those) and goes on with the next segment on new
-emulators (seeded by seed, game, run and that segment). What is kept: every complete segment,
-bit for bit, and the agent as it was at its end. What is lost: the segment in progress at the
-kill, and the episodes that were running at the last complete segment's end (their first part
-was never written); the rest of the run is therefore not the uninterrupted run's, but it is
-the same kind of data. A staging folder made with other settings is refused.
+Reruns. After each segment the job keeps, in `{data_dir}/{dataset_name}/.agent-{Game}_run_{k}/`,
+the segment's episodes (`segment_NN.npz`) and `progress.json` (the segment's returns, updates,
+env steps); the dataset is written from them when the run's last segment is done. A game-run
+stopped midway is played again from its start when the same command is rerun, so its data are
+the same bytes as an uninterrupted run's (same seed, stack and machine): an exact resume would
+have to save and restore every emulator's internal state (ALE's and the preprocessing's), the
+episodes in progress and the generators, and the cost of a restart is at most one game-run
+(~5 min at 30k env steps on 2 cores). Finished game-runs (their dataset written) are kept. A
+staging folder made with other settings is refused.
 """
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ import jax
 import numpy as np
 import tqdm
 
-from scaled_ql import (checkpoints, data, envs, errors, games, learner, networks, parallel,
+from scaled_ql import (data, envs, errors, games, learner, networks, parallel,
                        run_meta)
 from scaled_ql.data import rlds
 from scaled_ql.evaluation import policy as policy_lib
@@ -165,10 +164,14 @@ def run_agent(config, data_dir: str, game: str, run: int, *, num_checkpoints: in
       raise ValueError(f"{stage} holds an agent run made with other settings ("
                        + _differences(done["settings"], wanted) + "); remove it or use the "
                        f"settings it was made with.")
-  if done is None and os.path.exists(stage):  # Nothing complete in it: start clean.
+  if os.path.exists(stage):  # An unfinished run (module docstring): played again from its start.
+    if done and done.get("segments"):
+      print(f"{info.name} run {run}: an unfinished run of {len(done['segments'])} of "
+            f"{num_checkpoints} checkpoints is played again from its start (its data then equal "
+            f"an uninterrupted run's)", flush=True)
     shutil.rmtree(stage)
   os.makedirs(stage, exist_ok=True)
-  segments = [Segment(**s) for s in (done or {}).get("segments", [])]
+  segments: list[Segment] = []
 
   # -- The agent: network, optimizer, update step, replay. ------------------------------------
   model = networks.build_q_network(config.model, 1)
@@ -179,94 +182,70 @@ def run_agent(config, data_dir: str, game: str, run: int, *, num_checkpoints: in
   update = learner.jit_update(learner.make_update_fn(
       model, optimizer, config.loss, games.legal_action_mask((info.name,)),
       config.target_update_period, config.batch_size), mesh, shardings)
-  ckpt = checkpoints.Checkpointer(os.path.join(stage, "state"), save_interval_steps=1,
-                                  max_to_keep=1, asynchronous=False)
   pool = data.FramePool(info, config.replay_frames, n_step=config.loss.n_step,
                         gamma=config.loss.gamma)
-  # progress.json is written before the segment's state: a kill between the two leaves one
-  # segment more in the progress than in the state, which is then played again.
-  restored = ckpt.restore_latest(abstract, shardings) if segments else None
-  if restored is not None and restored.step <= len(segments):
-    state, segments = restored.state, segments[:restored.step]
-    for c in range(len(segments)):  # The FIFO replay = the newest episodes, all kept on disk.
-      for episode in _load_episodes(os.path.join(stage, f"segment_{c:02d}.npz"), c):
-        pool.add(episode)
-    print(f"{info.name} run {run}: resumed after checkpoint {len(segments) - 1} "
-          f"({segments[-1].env_steps:,} env steps, {segments[-1].updates:,} updates; replay "
-          f"{pool.num_transitions:,} transitions)", flush=True)
-  else:
-    segments = []
-    state = learner.create_train_state(model, optimizer, jax.random.PRNGKey(seed), shardings)
+  state = learner.create_train_state(model, optimizer, jax.random.PRNGKey(seed), shardings)
   total = num_checkpoints * steps_per_checkpoint
-  updates = segments[-1].updates if segments else 0
-  env_steps = segments[-1].env_steps if segments else 0
+  updates, env_steps = 0, 0
   game_id = np.zeros(config.batch_size, np.int32)
 
-  try:
-    first = len(segments)
-    n = config.num_envs
-    env_seeds, rng = _segment_seeds(seed, info, run, first, n)
-    batch_rng = np.random.default_rng([int(seed), zlib.crc32(info.name.encode()), int(run),
-                                       first, 7])
-    specs = [envs.EnvSpec(info.name, s) for s in env_seeds]
-    with envs.VectorAtariEnv(specs, max_episode_frames=config.max_episode_frames) as vec:
-      observation = vec.reset()
-      current = [dict(frames=[observation[i, ..., -1]], actions=[], rewards=[])
-                 for i in range(n)]
-      since_update = 0
-      for c in range(first, num_checkpoints):
-        played, returns = _Episodes(), []
-        budget = steps_per_checkpoint
-        while budget > 0:
-          epsilon = epsilon_at(config, env_steps, total)
-          greedy = policy_lib.make_greedy_policy(
-              model, state.params, loss_kind=config.loss.kind, head_games=(info.name,),
-              games=(info.name,), v_min=config.loss.v_min, v_max=config.loss.v_max)
-          actions = np.asarray(greedy(observation, np.zeros(n, np.int32)), np.int64)
-          explore = rng.random(n) < epsilon
-          actions[explore] = rng.integers(info.num_actions, size=int(explore.sum()))
-          observation, reward, terminated, _, step_info = vec.step(actions)
-          budget -= n
-          run_ends = budget <= 0 and c == num_checkpoints - 1
-          for i in range(n):
-            ep = current[i]
-            ep["actions"].append(int(actions[i]))
-            ep["rewards"].append(float(reward[i]))
-            ep["frames"].append(step_info["next_observation"][i, ..., -1])
-            if step_info["episode_done"][i] or run_ends:
-              # An episode belongs to the checkpoint in which it ends (as in a replay buffer
-              # saved at each checkpoint); the run's last step closes the rest as truncated.
-              ended = bool(terminated[i])
-              played.add(ep["frames"], ep["actions"], ep["rewards"], ended)
-              pool.add(rlds.make_episode(np.stack(ep["frames"]), ep["actions"] + [0],
-                                         ep["rewards"] + [0.0], terminated=ended,
-                                         checkpoint_id=c, episode_id=len(played.actions) - 1))
-              if ended:
-                returns.append(float(np.sum(ep["rewards"])))
-              current[i] = dict(frames=[observation[i, ..., -1]], actions=[], rewards=[])
-          env_steps += n
-          since_update += n
-          while since_update >= config.update_every:
-            since_update -= config.update_every
-            if pool.num_transitions < config.min_replay_transitions:
-              continue
-            state, _ = update(state, parallel.global_batch(
-                _sample(pool, batch_rng, config.batch_size, game_id), mesh))
-            updates += 1
-          if progress is not None:
-            progress(n, dict(checkpoint=c, eps=f"{epsilon:.3f}", updates=updates,
-                             ret=f"{np.mean(returns[-10:]):.1f}" if returns else "-"))
-        played.save(os.path.join(stage, f"segment_{c:02d}.npz"))
-        segments.append(Segment(c, env_steps, updates, len(played.actions),
-                                int(sum(played.terminated)),
-                                float(np.mean(returns)) if returns else float("nan"),
-                                epsilon))
-        _write_progress(stage, wanted, segments)
-        ckpt.save(len(segments), state, {"hosts": []}, {"segments": len(segments)},
-                  force=True)
-        ckpt.wait()
-  finally:
-    ckpt.close()
+  n = config.num_envs
+  env_seeds, rng = _segment_seeds(seed, info, run, 0, n)
+  batch_rng = np.random.default_rng([int(seed), zlib.crc32(info.name.encode()), int(run), 0, 7])
+  specs = [envs.EnvSpec(info.name, s) for s in env_seeds]
+  with envs.VectorAtariEnv(specs, max_episode_frames=config.max_episode_frames) as vec:
+    observation = vec.reset()
+    current = [dict(frames=[observation[i, ..., -1]], actions=[], rewards=[])
+               for i in range(n)]
+    since_update = 0
+    for c in range(num_checkpoints):
+      played, returns = _Episodes(), []
+      budget = steps_per_checkpoint
+      while budget > 0:
+        epsilon = epsilon_at(config, env_steps, total)
+        greedy = policy_lib.make_greedy_policy(
+            model, state.params, loss_kind=config.loss.kind, head_games=(info.name,),
+            games=(info.name,), v_min=config.loss.v_min, v_max=config.loss.v_max)
+        actions = np.asarray(greedy(observation, np.zeros(n, np.int32)), np.int64)
+        explore = rng.random(n) < epsilon
+        actions[explore] = rng.integers(info.num_actions, size=int(explore.sum()))
+        observation, reward, terminated, _, step_info = vec.step(actions)
+        budget -= n
+        run_ends = budget <= 0 and c == num_checkpoints - 1
+        for i in range(n):
+          ep = current[i]
+          ep["actions"].append(int(actions[i]))
+          ep["rewards"].append(float(reward[i]))
+          ep["frames"].append(step_info["next_observation"][i, ..., -1])
+          if step_info["episode_done"][i] or run_ends:
+            # An episode belongs to the checkpoint in which it ends (as in a replay buffer
+            # saved at each checkpoint); the run's last step closes the rest as truncated.
+            ended = bool(terminated[i])
+            played.add(ep["frames"], ep["actions"], ep["rewards"], ended)
+            pool.add(rlds.make_episode(np.stack(ep["frames"]), ep["actions"] + [0],
+                                       ep["rewards"] + [0.0], terminated=ended,
+                                       checkpoint_id=c, episode_id=len(played.actions) - 1))
+            if ended:
+              returns.append(float(np.sum(ep["rewards"])))
+            current[i] = dict(frames=[observation[i, ..., -1]], actions=[], rewards=[])
+        env_steps += n
+        since_update += n
+        while since_update >= config.update_every:
+          since_update -= config.update_every
+          if pool.num_transitions < config.min_replay_transitions:
+            continue
+          state, _ = update(state, parallel.global_batch(
+              _sample(pool, batch_rng, config.batch_size, game_id), mesh))
+          updates += 1
+        if progress is not None:
+          progress(n, dict(checkpoint=c, eps=f"{epsilon:.3f}", updates=updates,
+                           ret=f"{np.mean(returns[-10:]):.1f}" if returns else "-"))
+      played.save(os.path.join(stage, f"segment_{c:02d}.npz"))
+      segments.append(Segment(c, env_steps, updates, len(played.actions),
+                              int(sum(played.terminated)),
+                              float(np.mean(returns)) if returns else float("nan"),
+                              epsilon))
+      _write_progress(stage, wanted, segments)
 
   # -- The dataset, atomically, from the kept segments. ----------------------------------------
   with rlds.EpisodeWriter(data_dir, info, run, dataset_name=dataset_name,

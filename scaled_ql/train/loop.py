@@ -106,6 +106,7 @@ def train(config, workdir: str, *, what: str = "pre-training", hooks: Optional[H
       run_meta.check_resume_compatible(ckpt.read_meta(ckpt.all_steps()[-1]), meta, workdir)
     if host == 0:
       run_meta.write_config(workdir, config)
+      run_meta.write_provenance(workdir)
 
     # -- Data. ----------------------------------------------------------------------------------
     batches, block_size = hooks.batches(config, names, host, hosts, counts)
