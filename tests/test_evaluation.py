@@ -220,6 +220,52 @@ def test_freeway_always_up_scores_and_noop_does_not_deterministically():
   assert up.settings.max_episode_frames == 1000 and up.settings.cut_short
 
 
+def test_the_constant_baseline_finds_freeways_best_held_action_once(tmp_path):
+  """Holding UP is Freeway's best constant action (NOOP and DOWN never cross); the result is
+  the UP rollout's own episodes, cached per protocol, and a damaged cache is recomputed."""
+  kwargs = dict(envs_per_game=2, seed=7, max_steps_per_episode=250, epsilon=0.0)
+  cache = str(tmp_path / "cache")
+  best = evaluation.constant_action(["freeway"], 2, reps=50, cache_dir=cache, **kwargs)
+  up = evaluation.run_episodes(evaluation.fixed_action_policy(UP), ["freeway"], 2, **kwargs)
+  assert best.label == "best constant action"
+  assert best.settings["best"]["freeway"]["action"] == "UP"
+  means = best.settings["best"]["freeway"]["mean_returns"]
+  assert list(means) == ["NOOP", "UP", "DOWN"] and means["NOOP"] == means["DOWN"] == 0.0
+  assert [e.episode_return for e in best.episodes] == _returns_of(up, "freeway")
+  assert best.games[0].top_action_share == 1.0 and best.games[0].top_action == UP
+  files = os.listdir(cache)
+  assert len(files) == 1 and files[0].startswith("freeway-")
+  again = evaluation.constant_action(["freeway"], 2, reps=50, cache_dir=cache, **kwargs)
+  assert again.to_dict() == best.to_dict()
+  other = evaluation.constant_action(["freeway"], 2, reps=50, cache_dir=cache,
+                                     **dict(kwargs, max_steps_per_episode=200))
+  assert len(os.listdir(cache)) == 2 and other.games[0].mean_length == 200  # Its own protocol.
+  with open(os.path.join(cache, files[0]), "w") as f:
+    f.write("{not json")
+  assert evaluation.constant_action(["freeway"], 2, reps=50, cache_dir=cache,
+                                    **kwargs).to_dict() == best.to_dict()
+
+
+def test_the_top_action_share_counts_the_policys_own_choices():
+  """A policy playing UP, UP, UP, NOOP in turn takes UP in 3 of 4 steps; steps of episodes that
+  are not recorded (past an env's quota) are not counted; the random policy has no share."""
+  step = {"n": 0}
+
+  def cycle(observation, game_index):
+    step["n"] += 1
+    return np.full(len(observation), NOOP if step["n"] % 4 == 0 else UP, np.int64)
+
+  played = evaluation.run_episodes(cycle, ["freeway"], 1, envs_per_game=1,
+                                   max_steps_per_episode=40, epsilon=0.0)
+  assert played.action_counts == {"freeway": [10, 30, 0]}
+  score = evaluation.from_rollouts(played, "agent", reps=20).games[0]
+  assert (score.top_action_share, score.top_action) == (0.75, UP)
+  assert "UP 75%" in tables.game_table(evaluation.from_rollouts(played, "agent", reps=20))
+  random = evaluation.random_policy(["freeway"], 1, reps=20, envs_per_game=1,
+                                    max_steps_per_episode=40)
+  assert random.games[0].top_action_share is None
+
+
 def test_game_variants_are_played_and_recorded():
   # Always-UP crosses Freeway's default road ~22 times in 3,000 steps; mode 1's traffic
   # knocks the chicken back far more often.
@@ -358,7 +404,8 @@ def test_checkpoint_errors(workdir, tmp_path):
 def test_launch_evaluate_and_report(repo, workdir, tmp_path):
   result = _launch(repo, "launch.evaluate", f"--checkpoint={workdir}", "--episodes=2",
                    "--envs_per_game=2", "--max_steps_per_episode=40", "--bootstrap_reps=100",
-                   "--baselines=random,behaviour")
+                   "--baselines=random,constant,behaviour",
+                   f"--baseline_cache={tmp_path / 'cache'}")
   assert result.returncode == 0, result.stderr[-3000:]
   out = workdir / "eval"
   for name in ("results.json", "per_game.csv", "aggregates.csv", "episodes.csv"):
@@ -366,9 +413,16 @@ def test_launch_evaluate_and_report(repo, workdir, tmp_path):
   assert "IQM [95% CI]" in result.stdout and "cut short at 40 agent steps" in result.stdout
   rows = list(csv.DictReader(open(out / "per_game.csv")))
   assert {(r["policy"], r["game"]) for r in rows} == {
-      (p, g) for p in ("agent", "random", "behaviour data") for g in GAMES}
+      (p, g) for p in ("agent", "random", "best constant action", "behaviour data")
+      for g in GAMES}
   agent, baselines, info = evaluation.read(str(workdir))
-  assert info["step"] == 20 and [b.label for b in baselines] == ["random", "behaviour data"]
+  assert info["step"] == 20 and [b.label for b in baselines] == [
+      "random", "best constant action", "behaviour data"]
+  assert "top action (share of steps)" in result.stdout
+  assert "best constant action: pong" in result.stdout
+  # The behaviour data's episodes are cut at the agent's cap.
+  assert all(g.mean_length <= 40 for g in baselines[2].games)
+  assert len(os.listdir(tmp_path / "cache")) == len(GAMES)
   assert len(agent.episodes) == 6 and agent.settings["epsilon"] == 0.001
 
   second = tmp_path / "second"  # Another evaluated run, written in-process (no workdir logs).
@@ -385,11 +439,12 @@ def test_launch_evaluate_and_report(repo, workdir, tmp_path):
     assert (report_dir / name).stat().st_size > 0, name
   md = (report_dir / "report.md").read_text()
   assert ("| game | random ref | human ref | full return | full HNS | short return | short HNS "
-          "| random return | random HNS | behaviour data return | behaviour data HNS |") in md
+          "| random return | random HNS | best constant action return | best constant action HNS "
+          "| behaviour data return | behaviour data HNS |") in md
   assert "evaluation IQM during pre-training from eval.jsonl (full: 1 episode(s)" in md
   assert "| full | " in md and "c51, CQL alpha 0.1" in md
   assert {r["policy"] for r in csv.DictReader(open(report_dir / "aggregates.csv"))} == {
-      "full", "short", "random", "behaviour data"}
+      "full", "short", "random", "best constant action", "behaviour data"}
   run = report.load_run(str(workdir))
   assert run.name == "run" and len(run.history) == 4 and len(run.evals) == 2
 

@@ -17,7 +17,8 @@ from scaled_ql import _lazy
 # Names resolved on first use (PEP 562): `scaled_ql.evaluation.policy` (the greedy policy on an
 # accelerator) imports without the emulator (ale-py), rliable or pandas.
 _EXPORTS = {
-    "baselines": ("BEHAVIOUR", "RANDOM", "behaviour_data", "random_policy"),
+    "baselines": ("BEHAVIOUR", "CONSTANT", "RANDOM", "behaviour_data", "constant_action",
+                  "random_policy"),
     "periodic": ("EVAL_LOG", "append_jsonl", "evaluate_during_training", "scalars"),
     "policy": ("GreedyFn", "action_values", "fixed_action_policy", "head_indices",
                "make_greedy_policy"),

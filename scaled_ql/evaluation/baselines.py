@@ -28,7 +28,7 @@ import numpy as np
 
 from scaled_ql import envs
 from scaled_ql import games as games_lib
-from scaled_ql.evaluation import results, rollout
+from scaled_ql.evaluation import policy, results, rollout
 from scaled_ql.evaluation import scores as scores_lib
 
 RANDOM = "random"
@@ -66,7 +66,7 @@ def constant_action(games: Sequence[str], episodes_per_game: int, *, reps: int,
         on_episodes(len(cached["episodes"]) * games_lib.get_game(game).num_actions)
   for slot in range(max((games_lib.get_game(g).num_actions for g in missing), default=0)):
     playing = [g for g in missing if slot < games_lib.get_game(g).num_actions]
-    played = rollout.run_episodes(_hold(slot), playing, episodes_per_game, seed=seed,
+    played = rollout.run_episodes(policy.fixed_action_policy(slot), playing, episodes_per_game, seed=seed,
                                   policy_name="constant", on_episodes=on_episodes,
                                   **rollout_kwargs)
     for game in playing:
@@ -94,13 +94,6 @@ def constant_action(games: Sequence[str], episodes_per_game: int, *, reps: int,
   aggregates = scores_lib.aggregate(returns, reps=reps, seed=seed)
   settings = dict(per_game[names[0]]["settings"], policy="constant", best=best)
   return results.Evaluation(CONSTANT, scores, aggregates, settings, episodes)
-
-
-def _hold(slot: int):
-  def policy(observation, game_index):
-    del observation
-    return np.full(len(game_index), slot, np.int64)
-  return policy
 
 
 def _cache_path(cache_dir: str, game: str, protocol: dict) -> str:

@@ -22,10 +22,10 @@ or under another JAX, XLA:CPU runtime or code, is refused, never silently reused
   report/            report.md, CSV and PNG files, and the table "claim | paper | here | holds",
                      every verdict judged over training seeds (`report`).
 
-Modules: `plan` (what runs: presets, game sets, checks), `stages` (folders, settings,
+Modules: `plans` (what runs: presets, game sets, checks), `stages` (folders, settings,
 provenance), `run` (the stages in order), `report`.
 """
-from scaled_ql.reproduce.plan import (ALL_GROUPS, GAME_SETS, HELDOUT_GAME, MAIN_GROUPS, METHODS,
+from scaled_ql.reproduce.plans import (ALL_GROUPS, GAME_SETS, HELDOUT_GAME, MAIN_GROUPS, METHODS,
                                       SECOND_GAMES, SPLITS, TRAIN_GAMES, VARIANT, Plan, check,
                                       data_games, encoder, estimate_seconds, group_stages,
                                       num_networks, parse_variant, plan, seed_stage,

@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from scaled_ql.evaluation import plots, results, tables
-from scaled_ql.reproduce import plan as plan_lib
-from scaled_ql.reproduce.plan import METHODS, Plan
+from scaled_ql.reproduce import plans as plan_lib
+from scaled_ql.reproduce.plans import METHODS, Plan
 
 ONLINE_LOG = "online.jsonl"
 _PAPER = {

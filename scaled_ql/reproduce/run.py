@@ -15,9 +15,9 @@ from scaled_ql import configs, errors, export, games
 from scaled_ql.evaluation import baselines as baselines_lib
 from scaled_ql.evaluation import job as eval_job
 from scaled_ql.evaluation import restore, results
-from scaled_ql.reproduce import plan as plan_lib
+from scaled_ql.reproduce import plans as plan_lib
 from scaled_ql.reproduce import report as report_lib
-from scaled_ql.reproduce.plan import METHODS, Plan
+from scaled_ql.reproduce.plans import METHODS, Plan
 from scaled_ql.reproduce.stages import Stages
 from scaled_ql.train import finetuning, logged_agent, loop
 

@@ -105,7 +105,7 @@ def plan(budget: str = "default", scale: float = 1.0, seed: int = 0,
              groups=MAIN_GROUPS + (("scaled_ql", "all"),),
              sizes=(("s", (("feature_dim", 16),)), ("m", ())),
              finetune_offline_steps=4, finetune_online_env_steps=200, eval_episodes=1,
-             eval_max_steps=30, claim_seeds=2, seeds=2, **common)
+             eval_max_steps=30, claim_seeds=2, seeds=1, **common)
   elif budget == "quick":
     p = Plan(train_games=TRAIN_GAMES, heldout_game=HELDOUT_GAME, variant=VARIANT,
              agent_preset="default",
