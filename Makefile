@@ -41,9 +41,11 @@ $(STAMP_CURRENT): setup.py
 
 # The main job at laptop scale: a logged-agent dataset (an online C51 agent learning RoadRunner
 # from scratch, every transition it plays kept, its run cut into 10 checkpoints), pre-training of
-# the `demo` preset on it, and its evaluation in the emulator beside the random policy and the
-# behaviour data (the mean return of the dataset's episodes). Run again, it keeps the dataset
-# and resumes (or reports) the finished run.
+# the `demo` preset on it, and its evaluation in the emulator beside the random policy, the best
+# constant action (every legal action held for whole episodes, the best one; cached per
+# protocol in ~/.cache/scaled_ql) and the behaviour data (the mean return of the dataset's
+# episodes, cut at the same cap). Run again, it keeps the dataset and resumes (or reports) the
+# finished run.
 DEMO_GAMES ?= road_runner
 DEMO_CHECKPOINTS ?= 10
 DEMO_STEPS ?= 2000
@@ -59,7 +61,7 @@ demo: $(STAMP)
 	  --config.data.data_dir=$(WORKDIR)/data \
 	  --config.games=$(DEMO_GAMES)
 	$(PY) -m launch.evaluate --checkpoint=$(WORKDIR) --episodes=$(DEMO_EVAL_EPISODES) \
-	  --max_steps_per_episode=$(DEMO_EVAL_STEPS) --baselines=random,behaviour \
+	  --max_steps_per_episode=$(DEMO_EVAL_STEPS) --baselines=random,constant,behaviour \
 	  --data_dir=$(WORKDIR)/data
 
 # The whole suite on the pinned stack, then the core suite (online fine-tuning's tests skip
