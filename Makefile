@@ -14,7 +14,9 @@ VENV_CURRENT := .venv-current
 PY_CURRENT := $(VENV_CURRENT)/bin/python
 STAMP_CURRENT := $(VENV_CURRENT)/.installed
 WORKDIR ?= runs/demo
-PYTEST_ARGS ?= -n 2 -rs --durations=10
+# --dist loadfile: a file's tests share one worker, so a module fixture (a training run, the
+# reproduce plan) runs once, not once per worker.
+PYTEST_ARGS ?= -n 2 --dist loadfile -rs --durations=10
 # Quiet TensorFlow's C++ logging and keep it (and JAX) off any accelerator during CPU runs.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
