@@ -143,8 +143,9 @@ def _loading_section(info: Mapping[str, Any], present: set[str]) -> list[str]:
                         for p in f["platforms"]})
     out += [f"JAX without this library (`jax.export`, written by JAX "
             f"{info.get('stablehlo', {}).get('jax')}, lowered for {', '.join(platforms)}):",
-            "", "```python", "import jax, numpy as np",
-            "policy = jax.export.deserialize(open('policy.stablehlo', 'rb').read())",
+            "", "```python", "import numpy as np",
+            "from jax import export  # JAX >= 0.4.30",
+            "policy = export.deserialize(open('policy.stablehlo', 'rb').read())",
             "q_values, action = policy.call(np.zeros((8, 84, 84, 4), np.uint8), "
             "np.zeros(8, np.int32))", "```", "",
             "**StableHLO compatibility is time-limited**: JAX guarantees that a serialized "

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+from jax import export as jax_export  # `jax.export` alone needs JAX >= 0.4.36.
 
 from scaled_ql.export import functions
 
@@ -24,7 +25,7 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 def _inputs(with_game: bool):
-  batch, = jax.export.symbolic_shape("b")
+  batch, = jax_export.symbolic_shape("b")
   observation = jax.ShapeDtypeStruct((batch, 84, 84, 4), jnp.uint8)
   return (observation, jax.ShapeDtypeStruct((batch,), jnp.int32)) if with_game else (
       observation,)
@@ -33,9 +34,9 @@ def _inputs(with_game: bool):
 def _export(fn: Callable, args) -> tuple[bytes, tuple[str, ...]]:
   """Serialized `fn` lowered for every platform of PLATFORMS this JAX lowers to, else CPU."""
   try:
-    exported = jax.export.export(jax.jit(fn), platforms=PLATFORMS)(*args)
+    exported = jax_export.export(jax.jit(fn), platforms=PLATFORMS)(*args)
   except Exception:  # pylint: disable=broad-except  (a platform this jaxlib cannot lower for)
-    exported = jax.export.export(jax.jit(fn), platforms=("cpu",))(*args)
+    exported = jax_export.export(jax.jit(fn), platforms=("cpu",))(*args)
   return bytes(exported.serialize()), tuple(exported.platforms)
 
 
