@@ -177,7 +177,8 @@ def render(info: Mapping[str, Any], evaluation, config: Mapping[str, Any],
            "Kumar et al., ICLR 2023), exported by `scaled-ql`'s `launch.export`.", "",
            "## Files", "", "| file | what |", "| --- | --- |"]
   lines += [f"| `{f}` | {what} |" for f, what in _FILES if f in present]
-  lines += ["", "## Architecture", "",
+  lines += [""] + _loading_section(info, present)
+  lines += ["## Architecture", "",
             f"- Encoder: {arch['encoder']}" + (f"-{arch['depth']}" if arch["encoder"] ==
                                               "resnet" else "") + f", width {arch['width']}; "
             f"learned spatial embedding ({arch['spatial_features']} features per channel); "
