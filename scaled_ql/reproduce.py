@@ -404,8 +404,9 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print) -> dict
     source = "pretrain/scaled_ql_all" if "all" in p.splits else "pretrain/scaled_ql_low"
     backbone = os.path.join(stages.path("transfer"), "backbone")
     stages.run("transfer/export", dict(source=source),
-               lambda folder: dict(info=export.export_checkpoint(
-                   stages.path(source), backbone, overwrite=True)[1]["sha256"]))
+               lambda folder: dict(info=export.export_checkpoint(  # fine-tuning reads Orbax
+                   stages.path(source), backbone, overwrite=True, formats=("orbax",))[1]
+                                   ["sha256"]))
     for init in ("pretrained", "scratch"):
       for mode, budget, games_played, behaviour in (
           ("offline", p.finetune_offline_steps, (p.heldout_game,), True),

@@ -5,8 +5,8 @@ header length N, then N bytes of JSON, then the tensors' raw little-endian bytes
 each tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (offsets into the data
 after the header) and "__metadata__" to a {str: str} dictionary. Written here in a few lines
 of NumPy rather than with the `safetensors` package, so that writing and reading need nothing
-beyond NumPy on either stack; files open with `safetensors.numpy.load_file` and
-`safetensors.torch.load_file` all the same (tested against the package where installed).
+beyond NumPy on either stack; the files open with the package's `safetensors.numpy.load_file`
+and `safe_open(...).metadata()` all the same (checked with safetensors 0.8.0, BUILD_NOTES.md).
 
 Names are the parameter tree's paths joined by "/": "backbone/torso/Conv_0/kernel",
 "heads/kernel" ([G, D, 18 * atoms]), "heads/bias". Metadata values are strings; nested ones
