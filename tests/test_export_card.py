@@ -69,6 +69,7 @@ def test_card_front_matter_scores_and_sections(evaluated):
   results_ = meta["model-index"][0]["results"]
   iqm = [m for r in results_ for m in r["metrics"] if m["type"] == "iqm_human_normalized_score"]
   assert len(iqm) == 1 and iqm[0]["value"] == pytest.approx(agent.aggregates.iqm.value, abs=1e-4)
+  assert "cut at 40 agent steps" in iqm[0]["name"]  # a short budget is said on the Hub too
   per_game = {r["dataset"]["name"]: r["metrics"][0] for r in results_[1:]}
   assert set(per_game) == {"ALE/Pong-v5", "ALE/Breakout-v5", "ALE/Freeway-v5"}
   for section in ("## Files", "## Architecture", "## Training", "## Evaluation",

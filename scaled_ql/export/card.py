@@ -9,6 +9,7 @@ description and the run's files; nothing is claimed that the run did not measure
 """
 from __future__ import annotations
 
+import json  # JSON strings are YAML strings: the card's quoted values.
 import os
 from typing import Any, Mapping, Optional
 
@@ -57,6 +58,8 @@ def _front_matter(info: Mapping[str, Any], evaluation, name: str) -> str:
   if evaluation is not None:
     agent, _ = evaluation
     lines += ["model-index:", f"- name: {name}", "  results:"]
+    cap = agent.settings.get("max_steps_per_episode")
+    cut = f"; episodes cut at {cap} agent steps, not the protocol's cap" if cap else ""
     if agent.aggregates is not None:
       iqm = agent.aggregates.iqm
       lines += ["  - task:", "      type: reinforcement-learning",
@@ -65,8 +68,8 @@ def _front_matter(info: Mapping[str, Any], evaluation, name: str) -> str:
                 f"      name: {', '.join(agent.aggregates.games)}",
                 "    metrics:", "    - type: iqm_human_normalized_score",
                 f"      value: {iqm.value:.4f}",
-                f"      name: IQM human-normalized score (95% CI [{iqm.low:.4f}, "
-                f"{iqm.high:.4f}])"]
+                "      name: " + json.dumps(f"IQM human-normalized score (95% CI "
+                                            f"[{iqm.low:.4f}, {iqm.high:.4f}]{cut})")]
     for g in agent.games:
       ale = games_lib.get_game(g.game).ale_name
       lines += ["  - task:", "      type: reinforcement-learning",
@@ -74,7 +77,8 @@ def _front_matter(info: Mapping[str, Any], evaluation, name: str) -> str:
                 "    dataset:", "      type: atari", f"      name: ALE/{ale}-v5",
                 "    metrics:", "    - type: mean_reward",
                 f"      value: {g.mean_return:.2f} +/- {g.stderr_return:.2f}",
-                f"      name: mean episode return ({g.episodes} episodes)"]
+                "      name: " + json.dumps(f"mean episode return ({g.episodes} "
+                                            f"episodes{cut})")]
   return "\n".join(lines + ["---", ""])
 
 
@@ -173,8 +177,10 @@ def render(info: Mapping[str, Any], evaluation, config: Mapping[str, Any],
   ds = info.get("dataset", {})
   lines = [_front_matter(info, evaluation, name), f"# {name}", "",
            "A multi-game Q-network backbone pre-trained on Atari 2600 games with offline "
-           "reinforcement learning (Scaled Q-Learning: CQL + distributional C51 loss, "
-           "Kumar et al., ICLR 2023), exported by `scaled-ql`'s `launch.export`.", "",
+           "reinforcement learning (Scaled Q-Learning, Kumar et al., ICLR 2023: a "
+           "distributional TD loss plus a CQL penalty; this run's loss: "
+           f"`{info['loss_kind']}`, CQL alpha {config.get('loss.cql_alpha', 'unknown')}), "
+           "exported by `scaled-ql`'s `launch.export`.", "",
            "## Files", "", "| file | what |", "| --- | --- |"]
   lines += [f"| `{f}` | {what} |" for f, what in _FILES if f in present]
   lines += [""] + _loading_section(info, present)
@@ -195,8 +201,8 @@ def render(info: Mapping[str, Any], evaluation, config: Mapping[str, Any],
             + ".", "", "| head | game | legal actions |", "| ---: | --- | ---: |"]
   lines += [f"| {i} | {g['name']} | {g['num_actions']} |" for i, g in enumerate(games)]
   lines += ["", "## Training", "",
-            f"- Data: `{ds.get('data_dir', 'unknown')}`, runs {ds.get('runs', 'all')}, "
-            f"checkpoint range {ds.get('checkpoint_range', 'all')} (the paper's low-quality "
+            f"- Data: `{ds.get('data_dir', 'unknown')}`, runs {ds.get('runs') or 'all'}, "
+            f"checkpoint range {ds.get('checkpoint_range') or 'all'} (the paper's low-quality "
             f"split is the first 20% of each run, its near-optimal split all of it).",
             f"- {info['step']:,} gradient steps, batch {config.get('batch_size', 'unknown')}, "
             f"learning rate {config.get('optimizer.learning_rate', 'unknown')}, CQL alpha "
