@@ -1,7 +1,9 @@
 """The backbone artifact's native part: Orbax parameters and backbone.json.
 
-A directory, self-contained (no workdir or config file needed to use it); the open formats
-beside these (safetensors, ONNX, StableHLO, model card) are in the sibling modules:
+A directory, self-contained (no workdir or config file needed to use it). The open formats
+beside these two files (safetensors, ONNX, StableHLO, model card) are written by the sibling
+modules (the package docstring lists them); backbone.json records which (`formats`, and
+`skipped_formats` with the reason where the default left one out). The two native files:
 
   backbone.json   format and version; the architecture (`config.model` fields of the backbone,
                   plus the heads' atoms and loss); the games the heads were trained on, in head

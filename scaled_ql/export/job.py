@@ -104,7 +104,8 @@ def export_checkpoint(path: str, out: Optional[str] = None, *, heads: bool = Tru
         v_range=(ckpt.v_min, ckpt.v_max), overwrite=overwrite,
         write_orbax="orbax" in chosen, extra_writer=write_open_formats,
         extra_info=dict(formats=list(chosen), skipped_formats=skipped,
-                        has_policy=bool(policy)))
+                        has_policy=bool(policy) and any(f in chosen
+                                                        for f in ("onnx", "stablehlo"))))
   return out, artifact.read_info(out)
 
 
