@@ -3,14 +3,12 @@ a downstream team uses them: in .venv-consumer (onnxruntime, numpy, ale-py; no J
 scaled_ql importable) and in a process that imports neither Flax nor scaled_ql."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-import yaml
 
 import scaled_ql
 from conftest import PRETRAIN_GAMES, run_module

@@ -189,8 +189,8 @@ def render(info: Mapping[str, Any], evaluation, config: Mapping[str, Any],
                                               "resnet" else "") + f", width {arch['width']}; "
             f"learned spatial embedding ({arch['spatial_features']} features per channel); "
             f"dense projection to D = {info['feature_dim']}, ReLU, L2 normalization.",
-            f"- Input: uint8 [batch, 84, 84, 4] (4 stacked grayscale frames, oldest first), "
-            f"divided by 255 inside the network.",
+            "- Input: uint8 [batch, 84, 84, 4] (4 stacked grayscale frames, oldest first), "
+            "divided by 255 inside the network.",
             f"- Heads: one linear layer per game on the unit-norm features times "
             f"{scale:.6g}, {games_lib.MAX_ACTIONS} action slots x {info['num_atoms']} atoms; "
             f"loss `{info['loss_kind']}`, value support [{info['v_min']}, {info['v_max']}]. "

@@ -62,7 +62,7 @@ def export_checkpoint(path: str, out: Optional[str] = None, *, heads: bool = Tru
   policy = heads and has_heads if policy is None else policy
   if policy and not (heads and has_heads):
     raise errors.InputError(
-        f"the policy (policy.onnx, policy.stablehlo) needs the heads, but "
+        "the policy (policy.onnx, policy.stablehlo) needs the heads, but "
         + ("--noheads leaves them out" if has_heads else
            f"the checkpoint {ckpt.checkpoint_dir}/{ckpt.step} has none")
         + "; pass --nopolicy to export the features alone.")
