@@ -2,7 +2,10 @@
 # Each sets itself up on a fresh machine, refreshed whenever setup.py or the constraints change:
 # - .venv: the pinned stack (Python 3.11, constraints/pinned.txt, Reverb for online fine-tuning);
 # - .venv-current: today's releases (Python 3.12, numpy 2, newest JAX and TensorFlow/TFDS for
-#   RLDS data), everything but online fine-tuning (Reverb has no Python 3.12 build).
+#   RLDS data), everything but online fine-tuning (Reverb has no Python 3.12 build) and ONNX
+#   export (jax2tf's graph mode, which tf2onnx needs, is gone from today's JAX);
+# - .venv-consumer: onnxruntime, numpy and ale-py only (constraints/consumer.txt), where the
+#   export tests check the exported files without JAX, Flax or this library.
 
 PYTHON ?= python3.11
 # Python 3.12 for the current stack: python3.12 on PATH, else a pyenv-installed 3.12.
@@ -13,6 +16,8 @@ STAMP := $(VENV)/.installed
 VENV_CURRENT := .venv-current
 PY_CURRENT := $(VENV_CURRENT)/bin/python
 STAMP_CURRENT := $(VENV_CURRENT)/.installed
+VENV_CONSUMER := .venv-consumer
+STAMP_CONSUMER := $(VENV_CONSUMER)/.installed
 WORKDIR ?= runs/demo
 # --dist loadfile: a file's tests share one worker, so a module fixture (a training run, the
 # reproduce plan) runs once, not once per worker.
@@ -21,17 +26,19 @@ PYTEST_ARGS ?= -n 2 --dist loadfile -rs --durations=10
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-current demo test test-pinned test-current wheel-check versions clean
+.PHONY: setup setup-current setup-consumer demo test test-pinned test-current wheel-check versions clean
 
 setup: $(STAMP)
 
 setup-current: $(STAMP_CURRENT)
 
+setup-consumer: $(STAMP_CONSUMER)
+
 $(STAMP): setup.py constraints/pinned.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; the pinned stack needs Python 3.11 (set PYTHON=/path/to/python3.11)." >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints/pinned.txt -e '.[data,online,test]'
+	$(PY) -m pip install --quiet -c constraints/pinned.txt -e '.[data,online,test,export]'
 	@touch $(STAMP)
 
 $(STAMP_CURRENT): setup.py
@@ -40,6 +47,14 @@ $(STAMP_CURRENT): setup.py
 	$(PY_CURRENT) -m pip install --quiet --upgrade pip
 	$(PY_CURRENT) -m pip install --quiet --upgrade -e '.[data,test]'
 	@touch $(STAMP_CURRENT)
+
+# No editable install here on purpose: the export tests run this interpreter isolated (-I) and
+# check that jax, flax and scaled_ql cannot be imported.
+$(STAMP_CONSUMER): constraints/consumer.txt
+	@test -n "$(PYTHON_CURRENT)" || { echo "error: no Python 3.12 found for .venv-consumer (set PYTHON_CURRENT=/path/to/python3.12)." >&2; exit 1; }
+	@test -x $(VENV_CONSUMER)/bin/python || $(PYTHON_CURRENT) -m venv $(VENV_CONSUMER)
+	$(VENV_CONSUMER)/bin/python -m pip install --quiet --upgrade -r constraints/consumer.txt
+	@touch $(STAMP_CONSUMER)
 
 # The main job at laptop scale: a logged-agent dataset (an online C51 agent learning RoadRunner
 # from scratch, every transition it plays kept, its run cut into 10 checkpoints), pre-training of
@@ -68,7 +83,7 @@ demo: $(STAMP)
 
 # The whole suite on the pinned stack, then the core suite (online fine-tuning's tests skip
 # themselves without Reverb, with the reason shown) on the current stack.
-test: $(STAMP) $(STAMP_CURRENT) versions
+test: $(STAMP) $(STAMP_CURRENT) $(STAMP_CONSUMER) versions
 	$(MAKE) --no-print-directory -k test-pinned test-current wheel-check
 
 versions: $(STAMP) $(STAMP_CURRENT)
@@ -89,4 +104,4 @@ wheel-check:
 	PYTHON=$(PYTHON) bash .ci/wheel_check.sh
 
 clean:
-	rm -rf $(VENV) $(VENV_CURRENT) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_CURRENT) $(VENV_CONSUMER) runs .pytest_cache

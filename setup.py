@@ -1,7 +1,7 @@
 """scaled-ql: offline multi-game Q-learning at scale (Scaled Q-Learning, Kumar et al. 2023).
 
 Ranges, not one stack. Two stacks are tested (BUILD_NOTES.md, "Two stacks"):
-- pinned: `pip install -c constraints/pinned.txt -e '.[data,online,test]'` on Python 3.11,
+- pinned: `pip install -c constraints/pinned.txt -e '.[data,online,test,export]'` on Python 3.11,
   the only one with online fine-tuning (Reverb 0.14 needs TensorFlow 2.15, which holds numpy
   below 2 and so JAX at 0.4.34). The constraints file says why each pin is what it is.
 - current: `pip install -e '.[data,test]'` on Python 3.12: today's JAX, flax, optax, Orbax,
@@ -49,6 +49,10 @@ EXTRAS_REQUIRE = {
     # Online fine-tuning: Reverb 0.14 (its last release, Python <= 3.11) and its TensorFlow.
     "online": ["dm-reverb>=0.14.0", "tensorflow-cpu>=2.15,<2.16"],
     "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
+    # ONNX export (`launch.export`): jax2tf's graph mode, then tf2onnx. Graph mode is only in
+    # JAX 0.4.x, so this works on the pinned stack alone (BUILD_NOTES.md, "Export formats");
+    # elsewhere launch.export says so in one line and writes the other formats.
+    "export": ["tf2onnx>=1.16", "onnx>=1.16", "tensorflow-cpu>=2.15"],
     # Accelerator builds of the installed JAX (today's releases; not with the pinned stack).
     "cuda12": ["jax[cuda12]"],
     "cuda13": ["jax[cuda13]"],

@@ -55,6 +55,7 @@ def pretrained(repo, tmp_path_factory):
                       "--config.num_steps=12", "--config.data.pool_frames_per_game=400")
   assert result.returncode == 0, result.stderr[-3000:]
   result = run_module(repo, "launch.export", f"--workdir={workdir}",
-                      f"--out={root / 'backbone'}")
+                      f"--out={root / 'backbone'}", "--formats=orbax")  # the open formats:
+  # tests/test_export_formats.py exports its own.
   assert result.returncode == 0, result.stderr[-3000:]
   return dict(data=str(root / "data"), workdir=str(workdir), artifact=str(root / "backbone"))

@@ -1,6 +1,9 @@
-"""The backbone artifact: what pre-training hands to downstream teams.
+"""The backbone artifact's native part: Orbax parameters and backbone.json.
 
-A directory, self-contained (no workdir or config file needed to use it):
+A directory, self-contained (no workdir or config file needed to use it). The open formats
+beside these two files (safetensors, ONNX, StableHLO, model card) are written by the sibling
+modules (the package docstring lists them); backbone.json records which (`formats`, and
+`skipped_formats` with the reason where the default left one out). The two native files:
 
   backbone.json   format and version; the architecture (`config.model` fields of the backbone,
                   plus the heads' atoms and loss); the games the heads were trained on, in head
@@ -9,7 +12,8 @@ A directory, self-contained (no workdir or config file needed to use it):
                   source checkpoint; parameter counts; and a SHA-256 over every parameter's bytes.
   params/         an Orbax PyTree checkpoint {"backbone": ..., "heads": ... (optional)}.
 
-`write_artifact` makes one (`launch.export` calls it on a pre-training checkpoint);
+`write_artifact` makes one (`export.job.export_checkpoint` calls it, writing the other formats
+into the same temporary directory through its `extra_writer`);
 `load_backbone` reads it back as (Flax module, parameters, heads, info) after checking all of
 it, and raises `ArtifactError` naming what is wrong with a bad one.
 """
@@ -21,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -87,9 +91,17 @@ def _host(tree):
 def write_artifact(out_dir: str, *, model_config: Mapping[str, Any], params: Any,
                    games: Sequence[str], loss_kind: str, step: int, include_heads: bool = True,
                    dataset: Optional[Mapping[str, Any]] = None, source: Optional[str] = None,
-                   v_range: tuple[float, float] = (-10.0, 10.0), overwrite: bool = False) -> str:
+                   v_range: tuple[float, float] = (-10.0, 10.0), overwrite: bool = False,
+                   write_orbax: bool = True, extra_info: Optional[Mapping[str, Any]] = None,
+                   extra_writer: Optional[Callable[[str, dict, dict], None]] = None) -> str:
   """Writes the artifact of a Q-network's `params` to `out_dir` (atomically: a temporary
-  directory renamed into place). Returns out_dir."""
+  directory renamed into place). Returns out_dir.
+
+  `write_orbax=False` leaves out params/ (backbone.json still describes the network);
+  `extra_info` is merged into backbone.json; `extra_writer(tmp_dir, info, tree)` writes further
+  files (the open formats) into the temporary directory before it is renamed, so a failure
+  there leaves no half artifact and never replaces a good one.
+  """
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out (or "
@@ -111,13 +123,17 @@ def write_artifact(out_dir: str, *, model_config: Mapping[str, Any], params: Any
       num_head_params=networks.count_params(heads), has_heads=bool(include_heads),
       feature_dim=int(model_config["feature_dim"]), sha256=params_digest(tree),
       versions=dict(jax=jax.__version__, orbax=ocp.__version__ if hasattr(ocp, "__version__")
-                    else None))
+                    else None),
+      **dict(extra_info or {}))
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
   try:
-    with ocp.PyTreeCheckpointer() as checkpointer:
-      checkpointer.save(os.path.join(tmp, PARAMS_DIR), tree)
+    if write_orbax:
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        checkpointer.save(os.path.join(tmp, PARAMS_DIR), tree)
+    if extra_writer is not None:
+      extra_writer(tmp, info, tree)
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
       json.dump(info, f, indent=1)
     if os.path.exists(out_dir):
@@ -187,6 +203,10 @@ def load_backbone(path: str, *, with_heads: bool = False) -> LoadedBackbone:
                                        len(info["games"]))
   expected_backbone, expected_heads = networks.split_params(networks.param_shapes(q_network))
   if not os.path.isdir(params_dir):
+    if "orbax" not in info.get("formats", ("orbax",)):  # Artifacts before `formats`: Orbax.
+      raise ArtifactError(f"{path} was exported without its Orbax parameters (launch.export "
+                          f"--formats={','.join(info['formats'])}); export again with orbax in "
+                          f"--formats, or read model.safetensors.")
     raise ArtifactError(f"{path}: the parameters ({PARAMS_DIR}/) are missing.")
   try:
     stored = checkpoints.stored_tree(params_dir)
@@ -215,30 +235,3 @@ def load_backbone(path: str, *, with_heads: bool = False) -> LoadedBackbone:
                         f"(corrupt or modified files).")
   return LoadedBackbone(module=module, params=tree["backbone"],
                         heads=tree.get("heads") if with_heads else None, info=info)
-
-
-def export_checkpoint(path: str, out: Optional[str] = None, *, heads: bool = True,
-                      overwrite: bool = False) -> tuple[str, dict]:
-  """The export job (`launch.export`): the newest (or named) checkpoint under `path` (a
-  training workdir, its checkpoints/ directory or a step directory) written as an artifact at
-  `out` (default WORKDIR/backbone). Returns (out, its description). Bad input raises
-  errors.InputError: an unreadable checkpoint, an existing artifact without `overwrite`."""
-  from scaled_ql import errors  # pylint: disable=g-import-not-at-top
-  from scaled_ql.evaluation import restore  # pylint: disable=g-import-not-at-top
-
-  with errors.input_checks():  # restore.CheckpointError is a ValueError.
-    ckpt = restore.load(path)
-  out = out or os.path.join(ckpt.workdir or os.path.dirname(ckpt.checkpoint_dir), "backbone")
-  config = ckpt.config
-  dataset = {k[len("data."):]: v for k, v in config.items() if k in (
-      "data.data_dir", "data.runs", "data.checkpoint_range")}
-  model_config = {k: getattr(ckpt.model, k) for k in (*networks.BACKBONE_FIELDS, "num_atoms")}
-  model_config["feature_scale"] = ckpt.model.feature_scale or 0.0  # None: sqrt(D), stored as 0.
-  model_config["dtype"] = config.get("model.dtype", "float32")
-  with errors.input_checks(FileExistsError):
-    write_artifact(
-        out, model_config=model_config, params=ckpt.params, games=ckpt.games,
-        loss_kind=ckpt.loss_kind, step=ckpt.step, include_heads=heads, dataset=dataset,
-        source=os.path.join(ckpt.checkpoint_dir, str(ckpt.step)),
-        v_range=(ckpt.v_min, ckpt.v_max), overwrite=overwrite)
-  return out, read_info(out)
