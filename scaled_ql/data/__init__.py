@@ -25,9 +25,10 @@ _EXPORTS = {
              "DatasetSource", "EpisodeWriter", "SplitSummary", "UniformStream",
              "checkpoint_split", "config_name", "find_sources", "make_episode", "read_episodes",
              "uniform_episodes", "uniform_sources"),
-    "batch": ("Batch", "split_batch"),
+    "batch": ("Batch", "split_batch", "split_fractions"),
     "prefetch": ("Prefetcher",),
-    "sampler": ("FramePool", "MultiGameSampler", "steps_for_one_pass", "validate_episode"),
+    "frame_pool": ("FramePool", "n_step_targets", "validate_episode"),
+    "sampler": ("MultiGameSampler", "steps_for_one_pass"),
     "make": (),
 }
 __getattr__, __dir__, __all__ = _lazy.exports(__name__, _EXPORTS)
