@@ -60,7 +60,10 @@ setup(
     version="0.1.0",
     description="Pre-training generalist Atari agents with offline Q-learning (Scaled QL) in JAX/Flax.",
     # The library and its thin apps (`python -m launch.pretrain ...` from an installed wheel).
-    packages=find_packages(include=["scaled_ql", "scaled_ql.*", "launch"]),
+    # The config files live in the checkout's top-level configs/ and are installed as the
+    # package `scaled_ql.configs` (one source of truth: no copy in scaled_ql/).
+    packages=find_packages(include=["scaled_ql", "scaled_ql.*", "launch"]) + ["scaled_ql.configs"],
+    package_dir={"scaled_ql.configs": "configs"},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
