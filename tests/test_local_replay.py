@@ -129,3 +129,24 @@ def _stream_env(replay, env, episode):
     last = t == len(actions) - 1
     replay.append(env, int(actions[t]), float(rewards[t]), frames[t + 1], done=last,
                   terminal=terminal and last)
+
+
+def test_one_epsilon_schedule_for_both_backends_and_the_logged_agent():
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from scaled_ql import actors  # pylint: disable=g-import-not-at-top
+  from scaled_ql.train import logged_agent  # pylint: disable=g-import-not-at-top
+
+  o = load_config("configs/finetune.py:online_cpu").online
+  o.epsilon_start, o.epsilon, o.epsilon_decay_steps = 0.8, 0.1, 1000
+  assert [actors.epsilon_at(s, o) for s in (0, 500, 1000, 5000)] == pytest.approx(
+      [0.8, 0.45, 0.1, 0.1])
+  # The Reverb actors read the same fields from their spec (actor_pool writes them).
+  spec = dict(epsilon_start=0.8, epsilon=0.1, epsilon_decay_steps=1000)
+  assert actors.epsilon_at(500, spec) == actors.epsilon_at(500, o)
+  o.epsilon_decay_steps = 0
+  assert actors.epsilon_at(0, o) == 0.1
+  agent = load_config("configs/agent.py:tiny")
+  total = 1000
+  decay = max(agent.epsilon_decay_fraction * total, 1.0)
+  assert logged_agent.epsilon_at(agent, 100, total) == (
+      agent.epsilon_start + (agent.epsilon_end - agent.epsilon_start) * min(100 / decay, 1.0))
