@@ -2,8 +2,8 @@
 
 Ranges, not one stack. Two stacks are tested (BUILD_NOTES.md, "Two stacks"):
 - pinned: `pip install -c constraints/pinned.txt -e '.[data,online,test]'` on Python 3.11,
-  the only one with online fine-tuning (Reverb 0.14 needs TensorFlow 2.15, which holds numpy
-  below 2 and so JAX at 0.4.34). The constraints file says why each pin is what it is.
+  the only one with online fine-tuning's Reverb backend (Reverb 0.14 needs TensorFlow 2.15,
+  which holds numpy below 2 and so JAX at 0.4.34); the local backend runs on both. The constraints file says why each pin is what it is.
 - current: `pip install -e '.[data,test]'` on Python 3.12: today's JAX, flax, optax, Orbax,
   numpy 2 and TensorFlow/TFDS (for RLDS data only). Accelerators add `jax[cuda12]`,
   `jax[cuda13]` or `jax[tpu]` (extras below).
@@ -46,7 +46,8 @@ EXTRAS_REQUIRE = {
         "tensorflow-datasets>=4.9.4",
         "importlib_resources",  # preparing (writing) a TFDS dataset needs it.
     ],
-    # Online fine-tuning: Reverb 0.14 (its last release, Python <= 3.11) and its TensorFlow.
+    # Online fine-tuning's Reverb backend: Reverb 0.14 (its last release, Python <= 3.11) and its
+    # TensorFlow. The local backend (the default) needs neither.
     "online": ["dm-reverb>=0.14.0", "tensorflow-cpu>=2.15,<2.16"],
     "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
     # Accelerator builds of the installed JAX (today's releases; not with the pinned stack).
