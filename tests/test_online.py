@@ -264,6 +264,8 @@ def test_local_online_run_records_returns_and_env_steps(repo, pretrained, tmp_pa
   assert "online (local replay) on breakout (mode 12, difficulty 1)" in out, out[-3000:]
   assert "seeded the 'offline' table with 100 transitions" in out
   assert "online: 1,200 env steps" in out and "replay server at" not in out
+  with open(workdir / "online.jsonl") as f:
+    assert [json.loads(line) for line in f][-1]["env_steps"] == 1200
   returns = finetuning.read_online_returns(str(workdir))
   assert returns, out[-2000:]
   steps = [s for s, _ in returns]

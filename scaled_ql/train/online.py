@@ -184,6 +184,7 @@ class OnlineHooks:
     self.workdir = workdir
     self.runtime = None
     self._last_log = 0
+    self._step: Optional[int] = None
     self._closed = False
 
   def check(self, config, names) -> None:
@@ -232,6 +233,7 @@ class OnlineHooks:
 
   def on_step(self, step: int, state) -> None:
     o = self.config.online
+    self._step = step
     if step % o.publish_every == 0:
       self.runtime.publish(state.params, step)
     if step - self._last_log >= self.config.log_every:
@@ -257,7 +259,7 @@ class OnlineHooks:
     if self.runtime is not None and not self._closed:
       self._closed = True
       try:
-        self.log_returns()
+        self.log_returns(self._step)  # The last online.jsonl line: the final env-step count.
       finally:
         self.runtime.close()
 
