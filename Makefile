@@ -1,9 +1,10 @@
 # The two commands: `make demo` (the main job) and `make test` (the test suite).
 # Each sets itself up on a fresh machine, refreshed whenever setup.py or the constraints change:
-# - .venv: the pinned stack (Python 3.11, constraints/pinned.txt, Reverb for online fine-tuning);
+# - .venv: the pinned stack (Python 3.11, constraints/pinned.txt, Reverb: online fine-tuning's
+#   Reverb backend);
 # - .venv-current: today's releases (Python 3.12, numpy 2, newest JAX and TensorFlow/TFDS for
-#   RLDS data), everything but online fine-tuning (Reverb has no Python 3.12 build) and ONNX
-#   export (jax2tf's graph mode, which tf2onnx needs, is gone from today's JAX);
+#   RLDS data), every job (online fine-tuning with its local replay: Reverb has no 3.12 build)
+#   but ONNX export (jax2tf's graph mode, which tf2onnx needs, is gone from today's JAX);
 # - .venv-consumer: onnxruntime, numpy and ale-py only (constraints/consumer.txt), where the
 #   export tests check the exported files without JAX, Flax or this library.
 
@@ -81,8 +82,8 @@ demo: $(STAMP)
 	  --max_steps_per_episode=$(DEMO_EVAL_STEPS) --baselines=random,constant,behaviour \
 	  --data_dir=$(WORKDIR)/data
 
-# The whole suite on the pinned stack, then the core suite (online fine-tuning's tests skip
-# themselves without Reverb, with the reason shown) on the current stack.
+# The whole suite on the pinned stack, then on the current stack (the Reverb backend's tests
+# skip themselves without Reverb, with the reason shown).
 test: $(STAMP) $(STAMP_CURRENT) $(STAMP_CONSUMER) versions
 	$(MAKE) --no-print-directory -k test-pinned test-current wheel-check
 

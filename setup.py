@@ -2,8 +2,9 @@
 
 Ranges, not one stack. Two stacks are tested (BUILD_NOTES.md, "Two stacks"):
 - pinned: `pip install -c constraints/pinned.txt -e '.[data,online,test,export]'` on Python 3.11,
-  the only one with online fine-tuning (Reverb 0.14 needs TensorFlow 2.15, which holds numpy
-  below 2 and so JAX at 0.4.34). The constraints file says why each pin is what it is.
+  the only one with online fine-tuning's Reverb backend (Reverb 0.14 needs TensorFlow 2.15,
+  which holds numpy below 2 and so JAX at 0.4.34); the local backend runs on both. The
+  constraints file says why each pin is what it is.
 - current: `pip install -e '.[data,test]'` on Python 3.12: today's JAX, flax, optax, Orbax,
   numpy 2 and TensorFlow/TFDS (for RLDS data only). Accelerators add `jax[cuda12]`,
   `jax[cuda13]` or `jax[tpu]` (extras below).
@@ -46,7 +47,8 @@ EXTRAS_REQUIRE = {
         "tensorflow-datasets>=4.9.4",
         "importlib_resources",  # preparing (writing) a TFDS dataset needs it.
     ],
-    # Online fine-tuning: Reverb 0.14 (its last release, Python <= 3.11) and its TensorFlow.
+    # Online fine-tuning's Reverb backend: Reverb 0.14 (its last release, Python <= 3.11) and its
+    # TensorFlow. The local backend (the default) needs neither.
     "online": ["dm-reverb>=0.14.0", "tensorflow-cpu>=2.15,<2.16"],
     "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
     # ONNX export (`launch.export`): jax2tf's graph mode, then tf2onnx. Graph mode is only in
@@ -64,7 +66,10 @@ setup(
     version="0.1.0",
     description="Pre-training generalist Atari agents with offline Q-learning (Scaled QL) in JAX/Flax.",
     # The library and its thin apps (`python -m launch.pretrain ...` from an installed wheel).
-    packages=find_packages(include=["scaled_ql", "scaled_ql.*", "launch"]),
+    # The config files live in the checkout's top-level configs/ and are installed as the
+    # package `scaled_ql.configs` (one source of truth: no copy in scaled_ql/).
+    packages=find_packages(include=["scaled_ql", "scaled_ql.*", "launch"]) + ["scaled_ql.configs"],
+    package_dir={"scaled_ql.configs": "configs"},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

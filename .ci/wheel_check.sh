@@ -50,10 +50,19 @@ step "offline fine-tuning"
   --workdir=runs/ft_space_invaders --config.data.data_dir=data --config.num_steps=20 \
   --config.batch_size=32 --config.checkpoint_every=10 --config.log_every=10 \
   --config.data.pool_frames_per_game=400
-step "online fine-tuning (short)"
+step "online fine-tuning (short, local replay)"
 "$PY" -m launch.finetune --config=configs/finetune.py:online_cpu --backbone=runs/tiny/backbone \
   --workdir=runs/ft_freeway --config.online.env_steps=400 --config.online.min_replay_size=100 \
   --config.batch_size=32 --config.num_steps=60 --config.checkpoint_every=30 \
   --config.log_every=10 --config.online.publish_every=10
 test -d runs/ft_freeway/checkpoints && test -d runs/ft_space_invaders/checkpoints
+if "$PY" -c "import reverb" 2>/dev/null; then
+  step "online fine-tuning (short, Reverb replay and actor processes)"
+  "$PY" -m launch.finetune --config=configs/finetune.py:online_cpu --backbone=runs/tiny/backbone \
+    --workdir=runs/ft_freeway_reverb --config.online.replay=reverb \
+    --config.online.env_steps=400 --config.online.min_replay_size=100 \
+    --config.batch_size=32 --config.num_steps=60 --config.checkpoint_every=30 \
+    --config.log_every=10 --config.online.publish_every=10
+  test -d runs/ft_freeway_reverb/checkpoints
+fi
 step "wheel check passed: every job ran from the installed package"

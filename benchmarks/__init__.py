@@ -8,6 +8,8 @@ same run. One module per benchmark; each runs alone or through the harness:
 - eval         evaluation rollouts with the greedy policy in the emulator
 - learner      the update step's MFU on CPU, a real run's data wait, forced host devices
 - replay       online fine-tuning's Reverb layer and the whole online loop
+- online_backends  (run alone: needs a backbone) online fine-tuning's local and Reverb
+               replays side by side: returns over seeds with CIs, env steps/s, updates/s
 - accelerator  the paper's ResNets at batch 512 in bfloat16 on one accelerator, the sampler's
                rate per host core beside it, the greedy policy on the device (`--smoke`: the
                same code at tiny shapes, for a CPU dry run)

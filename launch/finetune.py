@@ -10,7 +10,8 @@ r"""Fine-tunes a pre-trained backbone: offline on unseen games, or online on gam
       --workdir=runs/ft_freeway_m1d1
 
 The job is `scaled_ql.train.finetune` (heads, backbone, then the pre-training loop; online:
-a Reverb replay and actor processes, see scaled_ql/train/online.py). Rerun to resume.
+emulators and a replay, `--config.online.replay=local` (default, one process) or `reverb`
+(server and actor processes, pinned stack), see scaled_ql/train/online.py). Rerun to resume.
 """
 from absl import app, flags
 

@@ -11,7 +11,8 @@ epsilon-greedy actions for `envs_per_actor` emulators stepped together (scaled_q
 and frame skip), n-step transitions into the "online" table (scaled_ql.replay.TransitionWriter).
 
 Progress goes to PROGRESS (JSON lines next to the spec, one per second or so and at the end):
-{"env_steps", "param_step", "returns": [finished episodes since the last line], "finished"}.
+{"env_steps", "param_step", "returns": [finished episodes since the last line], "returns_at":
+[the run's env step at which each ended, base + this actor's steps x actors], "finished"}.
 A restarted actor reads its last line and plays only the rest of its budget.
 """
 from __future__ import annotations
@@ -43,12 +44,32 @@ def read_progress(path: str) -> dict:
   return last
 
 
+def linear_epsilon(env_steps: float, start: float, end: float, decay_steps: float) -> float:
+  """Exploration at `env_steps`: from `start` down to `end`, linearly over `decay_steps` env
+  steps, then `end` (decay_steps <= 0: `end` throughout). The one schedule of every acting loop
+  that learns (the logged agent, both online replay backends)."""
+  if decay_steps <= 0:
+    return end
+  frac = min(env_steps / decay_steps, 1.0)
+  return start + (end - start) * frac
+
+
 def epsilon_at(env_steps: int, spec: dict) -> float:
-  """Linear decay from 1.0 to spec["epsilon"] over spec["epsilon_decay_steps"] env steps."""
-  decay = spec["epsilon_decay_steps"]
-  if decay <= 0 or env_steps >= decay:
-    return spec["epsilon"]
-  return 1.0 + (spec["epsilon"] - 1.0) * env_steps / decay
+  """The online schedule of a spec (or config.online): epsilon_start -> epsilon over
+  epsilon_decay_steps env steps."""
+  return linear_epsilon(env_steps, spec.get("epsilon_start", 1.0), spec["epsilon"],
+                        spec["epsilon_decay_steps"])
+
+
+def epsilon_greedy(greedy, observation: np.ndarray, epsilon: float, rng: np.random.Generator,
+                   num_actions: int) -> np.ndarray:
+  """[N] int64 actions of N emulators of one game: greedy(observation), each replaced by a
+  uniform random action with probability epsilon (draws from `rng` in a fixed order)."""
+  n = len(observation)
+  actions = np.asarray(greedy(observation, np.zeros(n, np.int32)), np.int64)
+  explore = rng.random(n) < epsilon
+  actions[explore] = rng.integers(num_actions, size=int(explore.sum()))
+  return actions
 
 
 def run_actor(spec: dict, actor_id: int, progress_file: str) -> None:
@@ -80,30 +101,35 @@ def run_actor(spec: dict, actor_id: int, progress_file: str) -> None:
   writer = replay.TransitionWriter(spec["address"], replay.ONLINE, n_step=spec["n_step"],
                                    gamma=spec["gamma"], num_envs=n, timeout_s=spec["timeout_s"])
   num_actions = games.get_game(game).num_actions
-  game_index = np.zeros(n, np.int32)
-  returns, last_write, since_poll = [], 0.0, 0
+  returns, returns_at, last_write, since_poll = [], [], 0.0, 0
+
+  def run_steps(own: int) -> int:
+    return int(spec["env_steps_base"] + own * len(spec["budgets"]))
 
   def write(finished=False):
     with open(progress_file, "a") as f:
       f.write(json.dumps(dict(env_steps=done, param_step=param_step, returns=returns,
-                              finished=finished, restarts=restarts, time=time.time())) + "\n")
+                              returns_at=returns_at, finished=finished, restarts=restarts,
+                              time=time.time())) + "\n")
     returns.clear()
+    returns_at.clear()
 
   with envs.VectorAtariEnv(specs) as vec:
     observation = vec.reset()
     while done < budget:
-      actions = np.asarray(greedy(observation, game_index), np.int64)
-      # The run's env steps so far, roughly: this actor's times the number of actors.
-      explore = rng.random(n) < epsilon_at(spec["env_steps_base"] + done * len(spec["budgets"]),
-                                           spec)
-      actions[explore] = rng.integers(num_actions, size=int(explore.sum()))
+      # The run's env steps so far, as this actor sees them: its own times the number of
+      # actors (the clock of its epsilon schedule and of the returns it reports).
+      actions = epsilon_greedy(greedy, observation, epsilon_at(run_steps(done), spec), rng,
+                               num_actions)
       next_observation, reward, terminated, truncated, info = vec.step(actions)
       for i in range(n):
         writer.add(i, observation[i], int(actions[i]), float(reward[i]), bool(terminated[i]),
                    bool(truncated[i]), info["next_observation"][i], 0)
-      returns.extend(float(r) for r in info["episode_return"][info["episode_done"]])
       observation = next_observation
       done += n
+      for r in info["episode_return"][info["episode_done"]]:
+        returns.append(float(r))
+        returns_at.append(run_steps(done))
       since_poll += n
       if since_poll >= spec["poll_every"]:
         since_poll = 0

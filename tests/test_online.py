@@ -1,5 +1,7 @@
-"""Online fine-tuning end to end: a real Reverb server process, actor processes on a real
-emulator variant (Freeway mode 1, difficulty 1), the learner; losing an actor and the server."""
+"""Online fine-tuning end to end on a real emulator variant (Freeway mode 1, difficulty 1), with
+both replay backends: local (one process, every stack: a run killed midway resumes with its
+replay) and Reverb (a real server process and actor processes, the pinned stack only: losing an
+actor and the server, resume with the server's replay checkpoint); bad input."""
 import glob
 import json
 import os
@@ -13,15 +15,19 @@ import pytest
 
 from conftest import run_module
 
-pytest.importorskip("reverb", reason="online fine-tuning needs Reverb (dm-reverb), on the pinned "
-                    "stack only (Python 3.11; no Python 3.12 build)")
+from scaled_ql.train import finetuning
+from scaled_ql.train.online import reverb_installed
+
+needs_reverb = pytest.mark.skipif(
+    not reverb_installed(), reason="the Reverb backend needs dm-reverb, on the pinned stack only "
+    "(Python 3.11; no Python 3.12 build)")
 
 
-def _args(pretrained, workdir, *extra):
+def _args(pretrained, workdir, *extra, backend="reverb"):
   return ["--config=configs/finetune.py:online_cpu", f"--backbone={pretrained['artifact']}",
           f"--workdir={workdir}", "--config.batch_size=32", "--config.online.min_replay_size=200",
           "--config.online.publish_every=10", "--config.log_every=20",
-          "--config.checkpoint_every=100", *extra]
+          "--config.checkpoint_every=100", f"--config.online.replay={backend}", *extra]
 
 
 def _start(repo, args, log_path):
@@ -66,6 +72,7 @@ def _alive(pid):
     return False
 
 
+@needs_reverb
 def test_online_loop_runs_and_survives_losing_an_actor(repo, pretrained, tmp_path):
   workdir = str(tmp_path / "run")
   # With 200 offline Freeway transitions seeded into their own table, a quarter of each batch.
@@ -109,6 +116,7 @@ def test_online_loop_runs_and_survives_losing_an_actor(repo, pretrained, tmp_pat
   assert os.path.isdir(os.path.join(workdir, "checkpoints", str(steps)))
 
 
+@needs_reverb
 def test_losing_the_replay_server_stops_cleanly(repo, pretrained, tmp_path):
   workdir = str(tmp_path / "run")
   process, log = _start(repo, _args(pretrained, workdir, "--config.online.env_steps=100000",
@@ -132,6 +140,7 @@ def test_losing_the_replay_server_stops_cleanly(repo, pretrained, tmp_path):
     _wait_for(lambda p=path: not _alive(int(open(p).read())), 30, "actors to stop")
 
 
+@needs_reverb
 def test_bad_online_input(repo, pretrained, tmp_path):
   result = run_module(repo, "launch.finetune",
                       *_args(pretrained, tmp_path / "a", "--config.online.mode=99"))
@@ -161,6 +170,7 @@ def _table_sizes(address):
   return {name: int(info[name].current_size) for name in ("online", "offline") if name in info}
 
 
+@needs_reverb
 def test_a_killed_online_run_resumes_with_its_replay(repo, pretrained, tmp_path):
   """SIGKILL of the whole run (learner, server, actors) once the actors have spent a 600-step
   budget and a checkpoint was taken after that (the tables are then still: no limiter, so the
@@ -219,3 +229,117 @@ def test_a_killed_online_run_resumes_with_its_replay(repo, pretrained, tmp_path)
   assert "resumed from step" in text and "seeded the" not in text, text[-3000:]
   assert (int(restored.group(1).replace(",", "")),
           int(restored.group(2).replace(",", ""))) == (before["online"], before["offline"])
+
+  # The workdir holds Reverb's replay: a local-backend rerun is refused before any work.
+  result = run_module(repo, "launch.finetune", *_args(pretrained, workdir, backend="local"))
+  assert result.returncode != 0
+  assert "replay holds a replay checkpoint of the 'reverb' backend" in result.stderr
+
+
+# -- The local backend (every stack). ---------------------------------------------------------
+
+def _local_args(pretrained, workdir, *extra):
+  """Breakout mode 12 difficulty 1 (short episodes, so returns are recorded in a short run)."""
+  return _args(pretrained, workdir, "--config.online.game=breakout", "--config.games=breakout",
+               "--config.online.mode=12", "--config.online.difficulty=1", *extra,
+               backend="local")
+
+
+def _transitions_in(path):
+  """Online transitions in a local replay checkpoint (.npz), read from its episode tables."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with np.load(path) as z:
+    return sum(int(z[k][:, 2].sum()) for k in z.files
+               if k.startswith("online_") and k.endswith("/episodes"))
+
+
+def test_local_online_run_records_returns_and_env_steps(repo, pretrained, tmp_path):
+  workdir = tmp_path / "run"
+  result = run_module(repo, "launch.finetune", *_local_args(
+      pretrained, workdir, "--config.online.env_steps=1200", "--config.online.epsilon=0.1",
+      "--config.online.epsilon_decay_steps=600", "--config.online.offline_transitions=100",
+      f"--config.data.data_dir={pretrained['data']}"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert "online (local replay) on breakout (mode 12, difficulty 1)" in out, out[-3000:]
+  assert "seeded the 'offline' table with 100 transitions" in out
+  assert "online: 1,200 env steps" in out and "replay server at" not in out
+  with open(workdir / "online.jsonl") as f:
+    assert [json.loads(line) for line in f][-1]["env_steps"] == 1200
+  returns = finetuning.read_online_returns(str(workdir))
+  assert returns, out[-2000:]
+  steps = [s for s, _ in returns]
+  assert steps == sorted(steps) and 0 < steps[0] and steps[-1] <= 1200
+  assert all(s % 4 == 0 for s in steps)  # 4 emulators step together.
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["online.replay"] == "local"
+  # The learner sampled no more than the ratio allows: 8 x (inserted - 200) + 16, 24 online
+  # rows per batch of 32 (a quarter offline).
+  steps_trained = int(re.search(r"done: step (\d+)", out).group(1))
+  assert 100 <= steps_trained <= (8 * (1200 - 200) + 16) // 24 + 1, steps_trained
+
+
+def test_a_killed_local_run_resumes_with_its_replay(repo, pretrained, tmp_path):
+  """SIGKILL of a local-backend run midway (after its checkpoint at step >= 150, 600 of 2,000
+  env steps: no limiter, one env step of the 4 emulators per update); the rerun restores that
+  checkpoint's replay (the same transition count as the file it saved), goes on from its env
+  steps to the budget, and keeps the returns log in env-step order."""
+  workdir = str(tmp_path / "run")
+  args = _local_args(pretrained, workdir, "--config.online.env_steps=2000",
+                     "--config.online.samples_per_insert=0", "--config.online.epsilon=0.1",
+                     "--config.online.epsilon_decay_steps=1000", "--config.num_steps=650",
+                     "--config.checkpoint_every=50")
+  out_path = tmp_path / "out.txt"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  log = open(out_path, "w")  # pylint: disable=consider-using-with
+  process = subprocess.Popen([sys.executable, "-m", "launch.finetune", *args], cwd=repo, env=env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+  ckpts = os.path.join(workdir, "checkpoints")
+  try:
+    _wait_for(lambda: os.path.isdir(ckpts) and any(
+        s.isdigit() and int(s) >= 150 for s in os.listdir(ckpts)), 400,
+              "a checkpoint at step 150", process, out_path)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+    log.close()
+  assert "done: step" not in out_path.read_text()  # Killed midway, not finished.
+  step = max(int(s) for s in os.listdir(ckpts) if s.isdigit())
+  before = _transitions_in(os.path.join(workdir, "replay_local", f"replay_{step:09d}.npz"))
+  assert before > 0
+
+  again = run_module(repo, "launch.finetune", *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  text = again.stdout
+  assert f"resumed from step {step}" in text and "seeded the" not in text, text[-3000:]
+  restored = re.search(r"replay restored: ([\d,]+) online transitions", text)
+  assert restored and int(restored.group(1).replace(",", "")) == before, text[-3000:]
+  # It goes on from the checkpoint's env steps (one step of the 4 emulators per update, after
+  # those that filled the replay to min_replay_size), not from 0.
+  start = re.search(r"env steps ([\d,]+) -> 2,000", text)
+  assert start and 4 * step <= int(start.group(1).replace(",", "")) < 2000, text[-3000:]
+  assert "online: 2,000 env steps" in text
+  steps = [s for s, _ in finetuning.read_online_returns(workdir)]
+  assert steps and steps == sorted(steps) and steps[-1] <= 2000
+
+  # The workdir holds the local backend's replay: a Reverb rerun is refused before any work.
+  result = run_module(repo, "launch.finetune", *_args(pretrained, workdir, backend="reverb"))
+  assert result.returncode != 0
+  assert ("replay_local holds a replay checkpoint of the 'local' backend" in result.stderr
+          if reverb_installed() else "needs dm-reverb" in result.stderr), result.stderr[-2000:]
+
+
+def test_bad_backend_input(repo, pretrained, tmp_path):
+  result = run_module(repo, "launch.finetune", *_args(pretrained, tmp_path / "a", backend="foo"))
+  assert result.returncode != 0 and "config.online.replay='foo'" in result.stderr
+  result = run_module(repo, "launch.finetune", *_args(
+      pretrained, tmp_path / "b", "--config.online.replay_address=localhost:1", backend="local"))
+  assert result.returncode != 0 and "set config.online.replay=reverb" in result.stderr
+  if not reverb_installed():
+    result = run_module(repo, "launch.finetune", *_args(pretrained, tmp_path / "c"))
+    assert result.returncode != 0 and "needs dm-reverb" in result.stderr, result.stderr[-2000:]
+    assert "pinned stack" in result.stderr
+  for d in "abc":
+    assert not os.path.exists(tmp_path / d / "checkpoints")

@@ -8,8 +8,9 @@
 - `generate`: datasets played in the emulator by a behaviour policy (random, epsilon-greedy over
   any policy callable, or a mixture), several checkpoint ids per run;
 - `dqn_replay`: conversion of DQN Replay Dataset checkpoint files (Dopamine's replay buffer);
-- `batch`: the transition batch and its per-game counts; `sampler`: game-blocked batches from
-  bounded in-memory frame pools fed by the readers; `prefetch`: sampling ahead in a thread;
+- `batch`: the transition batch and its per-game counts; `frame_pool`: one game's bounded ring
+  of single frames with n-step targets (whole episodes or one env step at a time); `sampler`:
+  game-blocked batches from those pools fed by the readers; `prefetch`: sampling ahead in a thread;
 - `make`: the dataset jobs of `launch.make_dataset` (emulator, DQN Replay).
 
 Names are resolved on first use (PEP 562), so that `scaled_ql.data.batch` or `.sampler` (what
@@ -25,9 +26,10 @@ _EXPORTS = {
              "DatasetSource", "EpisodeWriter", "SplitSummary", "UniformStream",
              "checkpoint_split", "config_name", "find_sources", "make_episode", "read_episodes",
              "uniform_episodes", "uniform_sources"),
-    "batch": ("Batch", "split_batch"),
+    "batch": ("Batch", "split_batch", "split_fractions"),
     "prefetch": ("Prefetcher",),
-    "sampler": ("FramePool", "MultiGameSampler", "steps_for_one_pass", "validate_episode"),
+    "frame_pool": ("FramePool", "n_step_targets", "validate_episode"),
+    "sampler": ("MultiGameSampler", "steps_for_one_pass"),
     "make": (),
 }
 __getattr__, __dir__, __all__ = _lazy.exports(__name__, _EXPORTS)

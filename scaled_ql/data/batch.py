@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 
 class Batch(NamedTuple):
@@ -74,3 +74,26 @@ def split_batch(batch_size: int, weights: Optional[Sequence[float]],
                      f"head): {uneven_shares}. Use a batch size that is a multiple of {unit}, "
                      f"e.g. {hint}, or give integer per-game counts as weights.")
   return tuple(int(c) for c in shares)
+
+
+def split_fractions(batch_size: int, tables_and_fractions: Mapping[str, float]) -> dict:
+  """{table: rows per batch}: batch_size x fraction / sum, each a whole number >= 1."""
+  if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+  if not tables_and_fractions:
+    raise ValueError("tables_and_fractions is empty: name at least one table.")
+  try:
+    weights = {t: Fraction(f).limit_denominator(10**6) for t, f in tables_and_fractions.items()}
+  except (TypeError, ValueError):
+    raise ValueError(f"tables_and_fractions must map table names to numbers, got "
+                     f"{dict(tables_and_fractions)}.") from None
+  if any(w <= 0 for w in weights.values()):
+    raise ValueError(f"every fraction must be > 0, got {dict(tables_and_fractions)}.")
+  total = sum(weights.values())
+  counts = {t: batch_size * w / total for t, w in weights.items()}
+  uneven = {t: float(c) for t, c in counts.items() if c.denominator != 1}
+  if uneven:
+    raise ValueError(f"batch_size {batch_size} does not split into whole rows per table by "
+                     f"tables_and_fractions {dict(tables_and_fractions)}: {uneven}. Every batch "
+                     f"has fixed rows per table; choose fractions that divide the batch.")
+  return {t: int(c) for t, c in counts.items()}

@@ -25,13 +25,23 @@
 - `dataset`: `ReplayBatches`, fixed-size `scaled_ql.data.Batch`es mixed from tables in fixed
   row counts, through `reverb.TrajectoryDataset` and tf.data.
 - `params`: `publish_params`, `fetch_params`, `ParamsClient`.
+- `local`: `LocalReplay`, the in-process replay (no Reverb, no TensorFlow): the same
+  transitions, from `scaled_ql.data.FramePool`s, for `config.online.replay = "local"`.
+
+Names are resolved on first use, so `scaled_ql.replay.local` imports without Reverb.
 
 Nothing here hangs on a dead server: every wait checks the server's port and ends in a
 ReplayError naming the address (and table).
 """
-from scaled_ql.replay.dataset import ReplayBatches, split_fractions
-from scaled_ql.replay.params import ParamsClient, fetch_params, publish_params
-from scaled_ql.replay.server import (OFFLINE, ONLINE, TRANSITION_FIELDS, VARIABLES,
-                                     ReplayError, ReplayTables, ServerProcess, check_address,
-                                     checkpoint, server_info, start_server, transition_signature)
-from scaled_ql.replay.writer import TransitionWriter, insert_episodes, n_step_return
+from scaled_ql import _lazy
+
+_EXPORTS = {
+    "dataset": ("ReplayBatches", "split_fractions"),
+    "params": ("ParamsClient", "fetch_params", "publish_params"),
+    "server": ("OFFLINE", "ONLINE", "TRANSITION_FIELDS", "VARIABLES", "ReplayError",
+               "ReplayTables", "ServerProcess", "check_address", "checkpoint", "server_info",
+               "start_server", "transition_signature"),
+    "writer": ("TransitionWriter", "insert_episodes", "n_step_return"),
+    "local": ("LocalReplay",),
+}
+__getattr__, __dir__, __all__ = _lazy.exports(__name__, _EXPORTS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from fractions import Fraction
 from typing import Mapping, Optional
 
 import numpy as np
@@ -12,35 +11,12 @@ import reverb
 import tensorflow as tf
 import tree
 
-from scaled_ql.data.batch import Batch
+from scaled_ql.data.batch import Batch, split_fractions  # noqa: F401  (re-exported)
 from scaled_ql.replay.server import (ONLINE, TRANSITION_FIELDS, ReplayError, check_address,
                                      port_open, server_info)
 from scaled_ql.replay.writer import _check_signature
 
 _POLL_S = 0.25
-
-
-def split_fractions(batch_size: int, tables_and_fractions: Mapping[str, float]) -> dict:
-  """{table: rows per batch}: batch_size x fraction / sum, each a whole number >= 1."""
-  if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-  if not tables_and_fractions:
-    raise ValueError("tables_and_fractions is empty: name at least one table.")
-  try:
-    weights = {t: Fraction(f).limit_denominator(10**6) for t, f in tables_and_fractions.items()}
-  except (TypeError, ValueError):
-    raise ValueError(f"tables_and_fractions must map table names to numbers, got "
-                     f"{dict(tables_and_fractions)}.") from None
-  if any(w <= 0 for w in weights.values()):
-    raise ValueError(f"every fraction must be > 0, got {dict(tables_and_fractions)}.")
-  total = sum(weights.values())
-  counts = {t: batch_size * w / total for t, w in weights.items()}
-  uneven = {t: float(c) for t, c in counts.items() if c.denominator != 1}
-  if uneven:
-    raise ValueError(f"batch_size {batch_size} does not split into whole rows per table by "
-                     f"tables_and_fractions {dict(tables_and_fractions)}: {uneven}. Every batch "
-                     f"has fixed rows per table; choose fractions that divide the batch.")
-  return {t: int(c) for t, c in counts.items()}
 
 
 class ReplayBatches:

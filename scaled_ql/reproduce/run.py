@@ -90,8 +90,9 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print,
         else "pretrain/scaled_ql_low"
     backbone = os.path.join(stages.path("transfer"), "backbone")
     stages.run("transfer/export", dict(source=source, data=data_sha),
-               lambda folder: dict(info=export.export_checkpoint(
-                   stages.path(source), backbone, overwrite=True)[1]["sha256"]))
+               lambda folder: dict(info=export.export_checkpoint(  # fine-tuning reads Orbax
+                   stages.path(source), backbone, overwrite=True, formats=("orbax",))[1]
+                                   ["sha256"]))
     if p.finetune_offline_steps:
       baseline("heldout_random", "random", (p.heldout_game,))
       baseline("heldout_behaviour", "behaviour", (p.heldout_game,), checkpoints=None)

@@ -35,6 +35,7 @@ class Actors:
                 model=config.model.to_dict(), loss_kind=config.loss.kind,
                 v_min=config.loss.v_min, v_max=config.loss.v_max,
                 n_step=config.loss.n_step, gamma=config.loss.gamma, epsilon=o.epsilon,
+                epsilon_start=o.epsilon_start,
                 epsilon_decay_steps=o.epsilon_decay_steps, envs_per_actor=o.envs_per_actor,
                 budgets=budgets, env_steps_base=env_steps_done, seed=config.seed + launch,
                 poll_every=max(o.envs_per_actor, 50), timeout_s=o.timeout_s)
@@ -44,12 +45,13 @@ class Actors:
     self.processes: list[Optional[subprocess.Popen]] = [None] * o.num_actors
     self.restarts = [0] * o.num_actors
     self.dead: set[int] = set()
-    self.returns: list[float] = []  # Every episode return reported, in order of reading.
+    # Every (run env step, episode return) reported, in order of reading.
+    self.returns: list[tuple[int, float]] = []
     # What has been read of each actor's progress log: the bytes, the newest line, and the
     # episode returns not yet handed out by new_returns().
     self._offsets = [0] * o.num_actors
     self._last: list[dict] = [{} for _ in range(o.num_actors)]
-    self._unreported: list[float] = []
+    self._unreported: list[tuple[int, float]] = []
 
   def _start(self, i: int) -> None:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
@@ -81,7 +83,9 @@ class Actors:
       except ValueError:  # Empty, or cut by a kill (the restarted actor wrote on after it).
         continue
       self._last[i] = record
-      self._unreported += record.get("returns", [])
+      returns = record.get("returns", [])
+      at = record.get("returns_at") or [self.base] * len(returns)
+      self._unreported += [(int(e), float(r)) for e, r in zip(at, returns)]
     self._offsets[i] += complete
     return self._last[i]
 
@@ -90,8 +94,8 @@ class Actors:
     return self.base + sum(int(self.progress(i).get("env_steps", 0))
                            for i in range(len(self.processes)))
 
-  def new_returns(self) -> list[float]:
-    """Episode returns reported since the last call."""
+  def new_returns(self) -> list[tuple[int, float]]:
+    """(env step, episode return) reported since the last call."""
     for i in range(len(self.processes)):
       self.progress(i)
     out, self._unreported = self._unreported, []

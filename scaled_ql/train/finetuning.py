@@ -3,7 +3,8 @@
 New heads for the target games (or, with finetune.reuse_heads, the artifact's heads for games
 it was trained on), the backbone from the artifact (trainable, or frozen with
 finetune.freeze_backbone), and then the same job as pre-training (`loop.train`): checkpoints and
-automatic resume, TensorBoard, periodic evaluation. Online mode: `scaled_ql.train.online`.
+automatic resume, TensorBoard, periodic evaluation. Online mode: `scaled_ql.train.online`;
+`read_online_returns(workdir)` gives an online run's [(env_step, return)] per finished episode.
 The architecture always comes from the artifact, also for init="scratch", so both arms of a
 comparison are the same network.
 """
@@ -16,6 +17,7 @@ import numpy as np
 
 from scaled_ql import errors, export, games, networks
 from scaled_ql.train import loop
+from scaled_ql.train.online_log import read_online_returns  # noqa: F401  (re-exported)
 
 INITS = ("pretrained", "scratch")
 MODES = ("offline", "online")
@@ -86,7 +88,7 @@ def finetune(config, workdir: str, backbone_path: str, info: Optional[dict] = No
     initial, meta = prepare(config, backbone_path, info)
   print(describe(config, meta), flush=True)
   if config.finetune.mode == "online":
-    from scaled_ql.train import online  # pylint: disable=g-import-not-at-top  (Reverb on use)
+    from scaled_ql.train import online  # pylint: disable=g-import-not-at-top
     return online.train_online(config, workdir, initial_params=initial, meta_extra=meta)
   return loop.train(config, workdir, what="fine-tuning", initial_params=initial,
                     heads_only=config.finetune.freeze_backbone, meta_extra=meta)

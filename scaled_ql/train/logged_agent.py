@@ -38,7 +38,7 @@ import jax
 import numpy as np
 import tqdm
 
-from scaled_ql import (data, envs, errors, games, learner, networks, parallel,
+from scaled_ql import (actors, data, envs, errors, games, learner, networks, parallel,
                        run_meta)
 from scaled_ql.data import rlds
 from scaled_ql.evaluation import policy as policy_lib
@@ -94,9 +94,10 @@ def check(config, game: str, num_checkpoints: int, steps_per_checkpoint: int) ->
 
 
 def epsilon_at(config, env_steps: int, total_steps: int) -> float:
-  decay = max(config.epsilon_decay_fraction * total_steps, 1.0)
-  frac = min(env_steps / decay, 1.0)
-  return config.epsilon_start + (config.epsilon_end - config.epsilon_start) * frac
+  """The agent's exploration: `actors.linear_epsilon` over the first epsilon_decay_fraction of
+  the run's total_steps."""
+  return actors.linear_epsilon(env_steps, config.epsilon_start, config.epsilon_end,
+                               max(config.epsilon_decay_fraction * total_steps, 1.0))
 
 
 class _Episodes:
@@ -206,9 +207,7 @@ def run_agent(config, data_dir: str, game: str, run: int, *, num_checkpoints: in
         greedy = policy_lib.make_greedy_policy(
             model, state.params, loss_kind=config.loss.kind, head_games=(info.name,),
             games=(info.name,), v_min=config.loss.v_min, v_max=config.loss.v_max)
-        actions = np.asarray(greedy(observation, np.zeros(n, np.int32)), np.int64)
-        explore = rng.random(n) < epsilon
-        actions[explore] = rng.integers(info.num_actions, size=int(explore.sum()))
+        actions = actors.epsilon_greedy(greedy, observation, epsilon, rng, info.num_actions)
         observation, reward, terminated, _, step_info = vec.step(actions)
         budget -= n
         run_ends = budget <= 0 and c == num_checkpoints - 1

@@ -20,8 +20,8 @@ Offline presets (the data: `config.data`, as in pre-training):
                          [SQL]'s held-out games with its data budget of 2M transitions per game
                          (here: the DQN Replay run 1's last two checkpoint buffers, 48 and 49,
                          ~1M transitions each, all resident in the pool).
-Online presets (configs/finetune.py `online`, see launch/finetune.py): online_cpu,
-  online_freeway, online_hero, online_breakout.
+Online presets (see launch/finetune.py): online_cpu, online_freeway, online_hero,
+  online_breakout; `--config.online.replay=local|reverb` picks the replay backend.
 
 Sources: [SQL] Kumar et al., ICLR 2023 (Sec. 5.2-5.3); [DOP] Dopamine's C51 defaults.
 """
@@ -54,12 +54,17 @@ def _base() -> ml_collections.ConfigDict:
   c.online.mode = -1  # ALE game mode; -1 = the ROM's default.
   c.online.difficulty = -1  # ALE difficulty; -1 = the ROM's default.
   c.online.env_steps = 20_000  # agent steps in the emulator (all actors). [SQL] 20k.
-  c.online.num_actors = 2  # actor processes.
+  c.online.num_actors = 2  # actor processes (local: num_actors x envs_per_actor emulators).
   c.online.envs_per_actor = 4  # emulators stepped together in one actor.
-  c.online.epsilon = 0.01  # exploration while acting.
-  c.online.epsilon_decay_steps = 0  # from 1.0 down to epsilon over these env steps (0 = none).
+  # The replay backend (scaled_ql/train/online.py): "local" (one process, no Reverb, every
+  # stack) or "reverb" (a Reverb server and actor processes; needs dm-reverb: the pinned stack).
+  # A config value, never guessed from what is installed: one command, one kind of run.
+  c.online.replay = "local"
+  c.online.epsilon_start = 1.0  # exploration at env step 0 (with epsilon_decay_steps > 0).
+  c.online.epsilon = 0.01  # exploration while acting (after the decay).
+  c.online.epsilon_decay_steps = 0  # epsilon_start -> epsilon over these env steps (0 = none).
   c.online.publish_every = 50  # learner steps between parameter publications to the actors.
-  c.online.replay_address = ""  # host:port of a running Reverb server; "" = start one.
+  c.online.replay_address = ""  # reverb: host:port of a running server; "" = start one.
   c.online.replay_size = 100_000  # online transitions held (FIFO).
   c.online.min_replay_size = 500  # online transitions before the learner samples.
   c.online.samples_per_insert = 8.0  # rate limiter: sampled / inserted transitions.
@@ -67,7 +72,7 @@ def _base() -> ml_collections.ConfigDict:
   c.online.keep_offline = True  # offline data in its own table, sampled alongside online data.
   c.online.offline_fraction = 0.25  # share of each batch from the offline table.
   c.online.restart_actors = True  # restart a dead actor (else the rest go on; said in the log).
-  c.online.timeout_s = 120.0  # longest wait for data / the replay server before giving up.
+  c.online.timeout_s = 120.0  # reverb: longest wait for data / the server before giving up.
   return c
 
 

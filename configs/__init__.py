@@ -1,9 +1,13 @@
 """The config files (`get_config(preset)`, ml_collections) and the one way to load them.
 
+The files live in the checkout's top-level `configs/` folder, which setup.py installs as the
+package `scaled_ql.configs` (package_dir): one copy, imported as `scaled_ql.configs.pretrain`
+from an editable install and from a wheel alike.
+
 A config is named `FILE:PRESET`, e.g. `configs/pretrain.py:demo`. FILE is a path to a config
-file; when no such file exists it names one of the files shipped in this package, by its base
-name (`pretrain.py`, `configs/pretrain.py`, `scaled_ql/configs/pretrain.py` and `pretrain` are
-all the packaged pretrain.py), so the same `--config=` works in a checkout and from an installed
+file; when no such file exists it names one of the packaged files, by its base name
+(`pretrain.py`, `configs/pretrain.py`, `scaled_ql/configs/pretrain.py` and `pretrain` are all
+the packaged pretrain.py), so the same `--config=` works in a checkout and from an installed
 wheel, in any directory. Your own file (a path that exists) always wins.
 """
 from __future__ import annotations
