@@ -273,5 +273,5 @@ def test_online_arms_explore_by_their_schedules():
   pretrained = run._finetune_config(p, "online", "pretrained", "/data")
   assert scratch.online.epsilon_decay_steps == 2_000 and scratch.online.epsilon == 0.01
   assert pretrained.online.epsilon_decay_steps == 1_000
-  if "epsilon_start" in scratch.online:
-    assert (scratch.online.epsilon_start, pretrained.online.epsilon_start) == (1.0, 0.1)
+  assert (scratch.online.epsilon_start, pretrained.online.epsilon_start) == (1.0, 0.1)
+  assert scratch.online.replay == pretrained.online.replay == "local"

@@ -10,7 +10,6 @@ before any run, and printed in the report.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 from typing import Optional, Sequence
 
@@ -84,6 +83,7 @@ GAME_SETS = {"tuning": TRAIN_GAMES, "second": SECOND_GAMES}
 # (2026-11-27, default run: the agent ~115 env steps/s, the demo preset ~15 updates/s, an
 # evaluation of 4 games x 8 episodes capped at 2,500 steps ~65 s, as its episodes end sooner.)
 _SECONDS_PER_AGENT_STEP = 0.0087
+_SECONDS_PER_ONLINE_STEP = 0.014  # online fine-tuning's local replay, 8 samples per insert.
 _SECONDS_PER_UPDATE = {"tiny": 0.02, "demo": 0.067}
 _SECONDS_PER_EVAL_STEP = 0.0006  # of the step cap x episodes, per policy and game played.
 
@@ -176,10 +176,6 @@ def check(p: Plan) -> None:
     if mode not in modes or difficulty not in difficulties:
       raise ValueError(f"{game} has no variant mode {mode}, difficulty {difficulty}; its ROM "
                        f"offers modes {list(modes)} and difficulties {list(difficulties)}.")
-    if importlib.util.find_spec("reverb") is None and not _local_replay():
-      raise ValueError("the online transfer stage needs Reverb, which is not installed: install "
-                       "the pinned stack with the `online` extra (Python 3.11), or leave that "
-                       "stage out (finetune_online_env_steps=0).")
   unknown = [m for m, _ in p.groups if m not in METHODS]
   unknown_splits = [s for _, s in p.groups if s not in SPLITS]
   if unknown or unknown_splits:
@@ -195,12 +191,6 @@ def check(p: Plan) -> None:
   if p.agent_checkpoints < 5:
     raise ValueError(f"{p.agent_checkpoints} checkpoints per run leave no low-quality split "
                      f"(the first 20%) apart from the rest: use at least 5.")
-
-
-def _local_replay() -> bool:
-  """Whether online fine-tuning can run without Reverb (an in-process replay)."""
-  from scaled_ql.configs import finetune  # pylint: disable=g-import-not-at-top
-  return "replay" in finetune.get_config("online_cpu").online
 
 
 def encoder(p: Plan) -> str:
@@ -255,7 +245,7 @@ def estimate_seconds(p: Plan) -> float:
   runs = num_networks(p)
   train = runs * p.pretrain_steps * per_update + 2 * p.seeds * p.finetune_offline_steps * \
       per_update
-  online = 2 * p.seeds * p.finetune_online_env_steps * _SECONDS_PER_AGENT_STEP
+  online = 2 * p.seeds * p.finetune_online_env_steps * _SECONDS_PER_ONLINE_STEP
   cap = p.eval_episodes * p.eval_max_steps * _SECONDS_PER_EVAL_STEP
   transfer_evals = 2 * p.seeds * (bool(p.finetune_offline_steps)
                                   + 2 * bool(p.finetune_online_env_steps))

@@ -14,7 +14,6 @@ pooled/ (each group's pooled evaluation).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Optional, Sequence
@@ -24,8 +23,8 @@ import numpy as np
 from scaled_ql.evaluation import plots, results, tables
 from scaled_ql.reproduce import plans as plan_lib
 from scaled_ql.reproduce.plans import METHODS, Plan
+from scaled_ql.train.online_log import read_online_returns
 
-ONLINE_LOG = "online.jsonl"
 _PAPER = {
     "data": "yes: Scaled QL beats the low-quality data it is trained on",
     "bc": "yes: well above BC on low-quality data",
@@ -293,19 +292,6 @@ def transfer_section(p: Plan, arms: dict, baselines: dict, curves: Optional[str]
   return md
 
 
-def online_returns(workdir: str) -> list[tuple[int, float]]:
-  """(env steps at the log point, episode return) of an online fine-tuning run's episodes."""
-  path = os.path.join(workdir, ONLINE_LOG)
-  out = []
-  if os.path.isfile(path):
-    with open(path) as f:
-      for line in f:
-        if line.strip():
-          record = json.loads(line)
-          out += [(int(record["env_steps"]), float(r)) for r in record.get("returns", [])]
-  return out
-
-
 def online_curves(stages, p: Plan, path: str) -> Optional[str]:
   """Each online arm's mean episode return per tenth of the env-step budget, over its seeds."""
   if not p.finetune_online_env_steps:
@@ -315,7 +301,8 @@ def online_curves(stages, p: Plan, path: str) -> Optional[str]:
   for init in ("pretrained", "scratch"):
     per_seed = []
     for k in range(p.seeds):
-      points = online_returns(stages.path(plan_lib.seed_stage(f"transfer/online_{init}", k)))
+      points = read_online_returns(
+          stages.path(plan_lib.seed_stage(f"transfer/online_{init}", k)))
       if not points:
         continue
       steps, rets = np.array(points, float).T

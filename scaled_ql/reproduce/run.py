@@ -211,8 +211,8 @@ def _finetune_config(p: Plan, mode: str, init: str, data_dir: str, seed_offset: 
       c.online.env_steps = p.finetune_online_env_steps
       c.online.min_replay_size = min(c.online.min_replay_size, p.finetune_online_env_steps // 2)
       start, share = dict((arm, (s, f)) for arm, s, f in p.online_schedule)[init]
-      if "epsilon_start" in c.online:
-        c.online.epsilon_start = start
+      c.online.replay = "local"  # In-process replay: the same run on both stacks.
+      c.online.epsilon_start = start
       c.online.epsilon_decay_steps = int(share * p.finetune_online_env_steps)
       c.num_steps = max(1, p.finetune_online_env_steps * int(c.online.samples_per_insert)
                         // c.batch_size)
