@@ -41,7 +41,7 @@ class Plan:
   agent_checkpoints: int  # checkpoints per game-run (the low split: the first 20%)
   agent_steps_per_checkpoint: int
   pretrain_preset: str  # configs/pretrain.py preset the networks start from
-  pretrain_steps: int
+  pretrain_steps: int  # updates of every network on the low split (sizes included)
   groups: tuple[tuple[str, str], ...]  # (method, split) trained, each from several seeds
   sizes: tuple[tuple[str, tuple], ...]  # (name, model overrides as (field, value) pairs)
   finetune_offline_steps: int
@@ -49,6 +49,7 @@ class Plan:
   eval_episodes: int  # per game and network (a group's seeds pool theirs)
   eval_max_steps: int  # agent steps: the cap of every policy's episodes, the data's included
   seed: int = 0
+  all_split_steps: int = 0  # updates of the networks on all data (0: pretrain_steps)
   claim_seeds: int = 1  # training seeds of MAIN_GROUPS (seed, seed+1, ...)
   seeds: int = 1  # training seeds of every other network: groups, sizes, transfer arms
   # Online fine-tuning's exploration, per arm: (epsilon at step 0, share of the env-step budget
@@ -57,6 +58,11 @@ class Plan:
   # Pre-trained: a start that already acts well, so little exploration.
   online_schedule: tuple[tuple[str, float, float], ...] = (("scratch", 1.0, 0.2),
                                                            ("pretrained", 0.1, 0.1))
+
+  def steps(self, split: str) -> int:
+    """Updates of a network trained on `split`."""
+    return self.all_split_steps if split == "all" and self.all_split_steps \
+        else self.pretrain_steps
 
   @property
   def low_range(self) -> tuple[int, int]:
@@ -130,6 +136,7 @@ def plan(budget: str = "default", scale: float = 1.0, seed: int = 0,
     p = dataclasses.replace(
         p, agent_steps_per_checkpoint=int(p.agent_steps_per_checkpoint * scale),
         pretrain_steps=int(p.pretrain_steps * scale),
+        all_split_steps=int(p.all_split_steps * scale),
         finetune_offline_steps=int(p.finetune_offline_steps * scale),
         finetune_online_env_steps=int(p.finetune_online_env_steps * scale))
   if train_games:
@@ -243,8 +250,9 @@ def estimate_seconds(p: Plan) -> float:
   data = games_n * p.agent_checkpoints * p.agent_steps_per_checkpoint * _SECONDS_PER_AGENT_STEP
   per_update = _SECONDS_PER_UPDATE.get(p.pretrain_preset, 0.06)
   runs = num_networks(p)
-  train = runs * p.pretrain_steps * per_update + 2 * p.seeds * p.finetune_offline_steps * \
-      per_update
+  updates = sum(seeds_of(p, g) * p.steps(g[1]) for g in p.groups) + \
+      (runs - sum(seeds_of(p, g) for g in p.groups)) * p.pretrain_steps  # sizes: low split
+  train = (updates + 2 * p.seeds * p.finetune_offline_steps) * per_update
   online = 2 * p.seeds * p.finetune_online_env_steps * _SECONDS_PER_ONLINE_STEP
   cap = p.eval_episodes * p.eval_max_steps * _SECONDS_PER_EVAL_STEP
   transfer_evals = 2 * p.seeds * (bool(p.finetune_offline_steps)

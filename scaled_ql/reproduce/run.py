@@ -183,9 +183,9 @@ def _pretrain_config(p: Plan, data_dir: str, split: str, loss: dict, model: dict
   with c.unlocked():
     c.games = games.canonical_names(p.train_games)
     c.seed = p.seed + seed_offset
-    c.num_steps = p.pretrain_steps
-    c.checkpoint_every = max(1, min(c.checkpoint_every, p.pretrain_steps))
-    c.log_every = max(1, min(c.log_every, p.pretrain_steps))
+    c.num_steps = p.steps(split)
+    c.checkpoint_every = max(1, min(c.checkpoint_every, c.num_steps))
+    c.log_every = max(1, min(c.log_every, c.num_steps))
     _read_plan_data(c, p, data_dir)
     c.data.checkpoint_range = p.low_range if split == "low" else ()
     for k, v in loss.items():
