@@ -66,16 +66,17 @@ def constant_action(games: Sequence[str], episodes_per_game: int, *, reps: int,
         on_episodes(len(cached["episodes"]) * games_lib.get_game(game).num_actions)
   for slot in range(max((games_lib.get_game(g).num_actions for g in missing), default=0)):
     playing = [g for g in missing if slot < games_lib.get_game(g).num_actions]
-    played = rollout.run_episodes(policy.fixed_action_policy(slot), playing, episodes_per_game, seed=seed,
-                                  policy_name="constant", on_episodes=on_episodes,
+    played = rollout.run_episodes(policy.fixed_action_policy(slot), playing, episodes_per_game,
+                                  seed=seed, policy_name="constant", on_episodes=on_episodes,
                                   **rollout_kwargs)
     for game in playing:
       eps = played.of(game)
       entry = per_game.setdefault(game, dict(means=[], episodes=[], settings={}))
-      entry["means"].append(float(np.mean([e.episode_return for e in eps])))
-      if entry["means"][-1] == max(entry["means"]):  # The first best slot wins a tie.
+      mean = float(np.mean([e.episode_return for e in eps]))
+      if not entry["means"] or mean > max(entry["means"]):  # The first best slot wins a tie.
         entry["episodes"] = [dataclasses.asdict(e) for e in eps]
         entry["settings"] = dataclasses.asdict(played.settings)
+      entry["means"].append(mean)
   for game in missing:
     _write_cache(cache_dir, game, protocol, per_game[game])
   scores, returns, episodes, best = [], {}, [], {}

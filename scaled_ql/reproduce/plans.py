@@ -229,9 +229,15 @@ def group_stages(p: Plan, group: tuple[str, str]) -> list[str]:
   return [seed_stage(f"pretrain/{method}_{split}", k) for k in range(seeds_of(p, group))]
 
 
+def size_is_main_group(p: Plan, overrides) -> bool:
+  """Whether a model size is the preset's own, whose networks are Scaled QL's on the low split
+  (trained once, for the group and the size sweep)."""
+  return not overrides and ("scaled_ql", "low") in p.groups
+
+
 def size_stages(p: Plan, size: str, overrides) -> list[str]:
   """The training stages of a model size (the preset's own size: Scaled QL on the low split)."""
-  if not overrides and ("scaled_ql", "low") in p.groups:
+  if size_is_main_group(p, overrides):
     return group_stages(p, ("scaled_ql", "low"))[:p.seeds]
   return [seed_stage(f"size/{size}", k) for k in range(p.seeds)]
 
@@ -244,7 +250,7 @@ def data_games(p: Plan) -> tuple[str, ...]:
 
 def num_networks(p: Plan) -> int:
   """Pre-trained networks of the plan (groups and sizes, every seed)."""
-  sizes = sum(p.seeds for name, o in p.sizes if o or ("scaled_ql", "low") not in p.groups)
+  sizes = sum(p.seeds for _, o in p.sizes if not size_is_main_group(p, o))
   return sum(seeds_of(p, g) for g in p.groups) + sizes
 
 

@@ -40,9 +40,12 @@ _PAPER = {
 @dataclasses.dataclass
 class Entry:
   """One row of the report: a pooled group of networks or a baseline."""
-  label: str
   evaluation: results.Evaluation
-  runs: int  # trained networks pooled (0: a baseline)
+  networks: list  # each trained network's own evaluation ([]: a baseline)
+
+  @property
+  def runs(self) -> int:
+    return len(self.networks)
 
 
 def write(stages, p: Plan, evaluated: dict, base: dict, transfer: dict) -> dict:
@@ -55,21 +58,21 @@ def write(stages, p: Plan, evaluated: dict, base: dict, transfer: dict) -> dict:
     names = plan_lib.group_stages(p, group)
     entries[group] = _pool(f"{METHODS[method][0]}, {split}", [evaluated[n] for n in names],
                            os.path.join(out, "pooled", f"{method}_{split}"), p.seed)
-    seed_rows += _seed_rows(p, names, evaluated)
-  sizes = {}
+    seed_rows += _seed_rows(p, names, entries[group])
+  sizes, own_sizes = {}, []
   for size, overrides in p.sizes:
     names = plan_lib.size_stages(p, size, overrides)
     sizes[size] = _pool(f"Scaled QL, low, size {size}", [evaluated[n] for n in names],
                         os.path.join(out, "pooled", f"size_{size}"), p.seed)
-    if names[0].startswith("size/"):
-      seed_rows += _seed_rows(p, names, evaluated)
+    if not plan_lib.size_is_main_group(p, overrides):
+      own_sizes.append(sizes[size])
+      seed_rows += _seed_rows(p, names, sizes[size])
   baselines = {name: _baseline(path, name) for name, path in base.items()}
   arms = {name: _pool(f"{name.replace('_', ' ')}", paths,
                       os.path.join(out, "pooled", name), p.seed)
           for name, paths in transfer.items()}
 
-  main = [e for e in entries.values()] + [e for n, e in sizes.items()
-                                          if n not in _shared_sizes(p)]
+  main = list(entries.values()) + own_sizes
   train_baselines = [baselines[k] for k in ("random", "constant", "behaviour_low",
                                             "behaviour_all") if k in baselines]
   shown = [e.evaluation for e in main] + [b.evaluation for b in train_baselines]
@@ -149,7 +152,7 @@ def _pool(label: str, paths: Sequence[str], out: str, seed: int) -> Entry:
   else:
     e = results.pooled(agents, f"{label}, {len(agents)} seeds", seed=seed)
   results.write(out, e)
-  return Entry(e.label, e, len(agents))
+  return Entry(e, agents)
 
 
 def _baseline(path: str, name: str) -> Entry:
@@ -158,17 +161,13 @@ def _baseline(path: str, name: str) -> Entry:
     e = dataclasses.replace(e, label=f"behaviour data, {name.split('_', 1)[1]}")
   elif name.startswith(("heldout_", "variant_")):
     e = dataclasses.replace(e, label=f"{e.label} ({name.split('_')[0]})")
-  return Entry(e.label, e, 0)
+  return Entry(e, [])
 
 
-def _shared_sizes(p: Plan) -> set:
-  return {s for s, o in p.sizes if not o and ("scaled_ql", "low") in p.groups}
-
-
-def _seed_rows(p: Plan, names: Sequence[str], evaluated: dict) -> list[list[str]]:
+def _seed_rows(p: Plan, names: Sequence[str], entry: Entry) -> list[list[str]]:
+  """A row per network of a pooled entry: its stage, seed, IQM and per-game returns."""
   rows = []
-  for k, name in enumerate(names):
-    a = results.read(evaluated[name])[0]
+  for k, (name, a) in enumerate(zip(names, entry.networks, strict=True)):
     rows.append([name, str(p.seed + k), _estimate(_iqm(a))]
                 + [f"{a.game(g).mean_return:,.1f}" if a.game(g) else "-"
                    for g in p.train_games])
@@ -271,7 +270,7 @@ def transfer_section(p: Plan, arms: dict, baselines: dict, curves: Optional[str]
   for name, arm in arms.items():
     e = arm.evaluation
     game = e.games[0]
-    rows.append([arm.label, str(arm.runs), game.game, f"{game.mean_return:,.1f}",
+    rows.append([e.label, str(arm.runs), game.game, f"{game.mean_return:,.1f}",
                  _estimate(_iqm(e))])
   for key in ("heldout_random", "heldout_behaviour", "variant_random", "variant_constant"):
     if key in baselines:

@@ -227,21 +227,24 @@ def _train_result(result: loop.Result) -> dict:
               params_sha256=export.params_digest(params))
 
 
+def _protocol(p: Plan, mode=None, difficulty=None) -> dict:
+  """How every policy of the plan is played: the agents' and the baselines' episodes alike."""
+  return dict(epsilon=eval_job.Request.epsilon, envs_per_game=min(4, p.eval_episodes),
+              seed=p.seed, max_steps_per_episode=p.eval_max_steps, mode=mode,
+              difficulty=difficulty)
+
+
 def _evaluate_agent(p: Plan, checkpoint: str, out: str, game_list, mode=None,
                     difficulty=None) -> dict:
   eval_job.evaluate(eval_job.Request(
-      checkpoint=checkpoint, games=tuple(game_list), episodes=p.eval_episodes,
-      envs_per_game=min(4, p.eval_episodes), seed=p.seed, out=out,
-      max_steps_per_episode=p.eval_max_steps, bootstrap_reps=BOOTSTRAP_REPS, mode=mode,
-      difficulty=difficulty), verbose=False)
+      checkpoint=checkpoint, games=tuple(game_list), episodes=p.eval_episodes, out=out,
+      bootstrap_reps=BOOTSTRAP_REPS, **_protocol(p, mode, difficulty)), verbose=False)
   return dict(results=os.path.join(out, results.RESULTS_FILE))
 
 
 def _baseline(p: Plan, kind: str, game_list, out: str, data_dir: str, checkpoints=None,
               mode=None, difficulty=None) -> dict:
-  protocol = dict(epsilon=eval_job.Request.epsilon, envs_per_game=min(4, p.eval_episodes),
-                  seed=p.seed, max_steps_per_episode=p.eval_max_steps, mode=mode,
-                  difficulty=difficulty)
+  protocol = _protocol(p, mode, difficulty)
   if kind == "random":
     e = baselines_lib.random_policy(game_list, p.eval_episodes, reps=BOOTSTRAP_REPS, **protocol)
   elif kind == "constant":
