@@ -96,9 +96,16 @@ def test_online_loop_runs_and_survives_losing_an_actor(repo, pretrained, tmp_pat
   assert "actor 0 died (exit code -9); restarting it (restart 1 of 3)" in out
   assert re.search(r"online: 1,6\d\d env steps", out), out[-2000:]
   steps = int(re.search(r"done: step (\d+)", out).group(1))
-  # The learner sampled from what the actors inserted: at most env steps x samples_per_insert /
-  # the 24 online rows of each batch of 32 (the limiter counts the online table's samples).
-  assert 200 <= steps <= 1600 * 8 // 24 + 2, steps
+  counts = re.search(r"replay: ([\d,]+) transitions inserted into 'online', ([\d,]+) sampled "
+                     r"\([\d.]+ per insert; limit 8\)", out)
+  assert counts, out[-2000:]
+  inserted, sampled = (int(c.replace(",", "")) for c in counts.groups())
+  # The actors inserted their env steps (the restarted actor redid what it had done since its
+  # last progress line, so a little more than the 1,6xx counted), and the learner trained on
+  # what it sampled: 24 online rows in each batch of 32. Sampling stayed within the limiter's
+  # 8 per insert beyond the first 200 (min_replay_size), plus its error buffer of 16.
+  assert 1600 <= inserted <= 1600 + 800, inserted
+  assert 200 * 24 <= steps * 24 <= sampled <= (inserted - 200) * 8 + 16, (steps, sampled, inserted)
   # Parameters reached the actors: they switched to ones the learner published after step 0.
   assert any(p["param_step"] > 0 for a in (0, 1) for p in _progress(workdir, a)), \
       [p["param_step"] for a in (0, 1) for p in _progress(workdir, a)]

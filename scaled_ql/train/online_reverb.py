@@ -65,6 +65,7 @@ class ReverbOnline:
     self.env_steps_done = 0
     self.actors: Optional[Actors] = None
     self.batches: Optional[replay.ReplayBatches] = None
+    self._said_counts = False
 
   def describe(self) -> str:
     return f"Reverb replay at {self.address}; actor logs in {self.actors.dir}"
@@ -129,6 +130,19 @@ class ReverbOnline:
                             f"{self.config.online.timeout_s:g}s while actors ran ({e}). Actor "
                             f"logs: {self.actors.dir}.") from None
 
+  def _say_counts(self) -> None:
+    """E.g. "replay: 1,650 transitions inserted into 'online', 11,904 sampled (7.2 per
+    insert; limit 8)": what bounds the learner's steps (best effort: a dead server says nothing)."""
+    try:
+      limiter = replay.server_info(self.address, 2.0)[replay.ONLINE].rate_limiter_info
+    except (replay.ReplayError, KeyError):
+      return
+    inserted, sampled = limiter.insert_stats.completed, limiter.sample_stats.completed
+    spi = self.config.online.samples_per_insert
+    print(f"replay: {inserted:,} transitions inserted into {replay.ONLINE!r}, {sampled:,} "
+          f"sampled ({sampled / max(inserted, 1):.1f} per insert" +
+          (f"; limit {spi:g})" if spi else ")"), flush=True)
+
   def state_dict(self) -> dict:
     if self.server is not None:
       try:
@@ -146,13 +160,17 @@ class ReverbOnline:
     self.env_steps_done = int(state.get("env_steps", 0))
 
   def close(self) -> None:
-    """Stops the actors, the sampling stream and our server (idempotent)."""
+    """Stops the actors, the sampling stream and our server (idempotent); says how many
+    transitions the online table took in and gave out (its rate limiter's counts)."""
     try:
       if self.batches is not None:
         self.batches.close()
         self.batches = None
       if self.actors is not None:
         self.actors.stop()
+        if not self._said_counts:
+          self._said_counts = True
+          self._say_counts()
     finally:
       if self.server is not None:
         self.server.stop()
