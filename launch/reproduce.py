@@ -3,7 +3,7 @@ and data split from several training seeds, model sizes, transfer to a held-out 
 variant, baselines (random, best constant action, behaviour data), evaluation, and a report with
 the table "claim | paper | here | holds at this scale?", every verdict judged over seeds.
 
-  python -m launch.reproduce --workdir=runs/reproduce                 # ~3 h on a 2-core CPU
+  python -m launch.reproduce --workdir=runs/reproduce                 # ~2 h on a 2-core CPU
   python -m launch.reproduce --workdir=runs/reproduce_quick --budget=quick   # ~30 min
   python -m launch.reproduce --workdir=runs/second --games=second --main_claim_only
   python -m launch.reproduce --workdir=runs/reproduce_x4 --scale=4    # 4x data and updates
@@ -31,6 +31,11 @@ _VARIANT = flags.DEFINE_string("variant", "", "Online fine-tuning's variant as G
 _MAIN_ONLY = flags.DEFINE_bool("main_claim_only", False, "Train only the main claim's networks "
                                "(Scaled QL and BC on the low split) at the budget's data, "
                                "updates and seeds.")
+_WORKERS = flags.DEFINE_integer(
+    "workers", 2, "Jobs side by side (a game's data, a network, a baseline, a transfer arm), "
+    "each in its own process pinned to one core; 1: one at a time in this process. The same "
+    "results either way: more than one runs only under XLA:CPU's classic runtime, where a "
+    "network's bits do not depend on its cores.")
 _RERUN = flags.DEFINE_bool("rerun_changed", False, "Make again the stages made under another "
                            "JAX, XLA:CPU runtime or code version (else they are refused).")
 
@@ -44,7 +49,8 @@ def main(argv):
         variant=reproduce.parse_variant(_VARIANT.value) if _VARIANT.value else None,
         main_claim_only=_MAIN_ONLY.value)
   app_lib.start_jax(None, reproduce.encoder(plan))
-  paths = reproduce.reproduce(_WORKDIR.value, plan, rerun_changed=_RERUN.value)
+  paths = reproduce.reproduce(_WORKDIR.value, plan, rerun_changed=_RERUN.value,
+                              workers=_WORKERS.value)
   print(f"report: {paths['markdown']}", flush=True)
 
 

@@ -100,11 +100,12 @@ def test_online_loop_runs_and_survives_losing_an_actor(repo, pretrained, tmp_pat
                      r"\([\d.]+ per insert; limit 8\)", out)
   assert counts, out[-2000:]
   inserted, sampled = (int(c.replace(",", "")) for c in counts.groups())
-  # The actors inserted their env steps (the restarted actor redid what it had done since its
-  # last progress line, so a little more than the 1,6xx counted), and the learner trained on
-  # what it sampled: 24 online rows in each batch of 32. Sampling stayed within the limiter's
-  # 8 per insert beyond the first 200 (min_replay_size), plus its error buffer of 16.
-  assert 1600 <= inserted <= 1600 + 800, inserted
+  # The actors inserted about their env steps: the restarted actor redid what it had done since
+  # its last progress line (inserted twice), and what the killed one still held in its writer
+  # never arrived (seen: 1,598 and 1,710 for 1,600). The learner trained on what it sampled:
+  # 24 online rows in each batch of 32. Sampling stayed within the limiter's 8 per insert
+  # beyond the first 200 (min_replay_size), plus its error buffer of 16.
+  assert 1600 - 200 <= inserted <= 1600 + 800, inserted
   assert 200 * 24 <= steps * 24 <= sampled <= (inserted - 200) * 8 + 16, (steps, sampled, inserted)
   # Parameters reached the actors: they switched to ones the learner published after step 0.
   assert any(p["param_step"] > 0 for a in (0, 1) for p in _progress(workdir, a)), \

@@ -1,6 +1,7 @@
 """`launch.reproduce` end to end at test size: every stage, every report file, the claims table
 judged over seeds, cached stages on a rerun, the same bytes after a kill midway through the data
-stage, stages made under another stack refused, and bad plans refused before any work."""
+stage, stages made under another stack refused, jobs side by side in worker processes, and bad
+plans refused before any work."""
 import dataclasses
 import hashlib
 import importlib.util
@@ -83,9 +84,13 @@ def test_every_stage_and_report_file(reproduced):
   data = json.load(open(os.path.join(workdir, "data", reproduce.STAGE_FILE)))
   assert sorted(data["result"]["sha256"]["boxing"]) == [f"checkpoint_{i:02d}" for i in range(5)]
   assert set(data["provenance"]) == {"jax", "jaxlib", "xla_cpu_runtime", "cpu_cores", "code"}
+  # Two workers (the default), each job on one core: the stages say so.
+  assert data["provenance"]["cpu_cores"] == 1
+  assert any(line.startswith("[pretrain/bc_low] running on core ") for line in log)
+  assert os.path.getsize(os.path.join(workdir, "logs", "pretrain", "bc_low.log")) > 0
   assert os.path.exists(os.path.join(workdir, "pretrain/scaled_ql_low", "provenance.json"))
   md = open(paths["markdown"]).read()
-  assert "Made with JAX" in md and "XLA:CPU runtime classic" in md
+  assert "Made with JAX" in md and "XLA:CPU runtime classic, 1 CPU core(s) per job" in md
   assert "| claim | paper | here | holds at this scale? |" in md
   assert "the main claim's groups from 2 training seeds, every other network from 1" in md
   claims = {line.split(" | ")[0][2:]: line for line in md.splitlines()
@@ -130,6 +135,10 @@ def test_a_rerun_keeps_finished_stages_and_other_settings_are_refused(reproduced
   result = _launch(workdir, "--seed=1")
   assert result.returncode == 1
   assert "data was made with other settings" in result.stderr and "seed" in result.stderr
+  if len(os.sched_getaffinity(0)) > 1:  # One job at a time uses every core: other bits.
+    result = _launch(workdir, "--workers=1")
+    assert result.returncode == 1
+    assert "cpu_cores: 1 there, " in result.stderr and "--rerun_changed" in result.stderr
 
 
 @e2e
@@ -150,7 +159,8 @@ def test_a_run_killed_midway_through_its_data_gives_the_same_bytes(reproduced, t
   assert not os.path.exists(os.path.join(workdir, "data", "scaled_ql_agent", "Boxing_run_1"))
   result = _launch(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "played again from its start" in result.stdout
+  with open(os.path.join(workdir, "logs", "data", "boxing.log")) as f:  # Boxing's worker.
+    assert "played again from its start" in f.read()
 
   def results_of(root, name):
     return json.load(open(os.path.join(root, name, reproduce.STAGE_FILE)))["result"]
@@ -185,6 +195,40 @@ def test_a_stage_made_under_another_stack_is_refused_or_made_again(tmp_path):
   assert len(calls) == 2
   saved = json.load(open(tmp_path / "s" / reproduce.STAGE_FILE))
   assert saved["provenance"]["xla_cpu_runtime"] == "thunk" and saved["done"]
+
+
+def _cores_and_square(x):
+  return sorted(os.sched_getaffinity(0)), os.getpid(), x * x
+
+
+def _bad_input(name):
+  raise errors.InputError(f"no such thing: {name}")
+
+
+def _crash():
+  print("about to fail")
+  raise RuntimeError("boom")
+
+
+def test_workers_run_jobs_one_core_each_and_report_failures(tmp_path):
+  from scaled_ql.reproduce import workers
+  pool = workers.Workers(2, log=lambda _: None)
+  jobs = [workers.Job(f"j{i}", _cores_and_square, (i,), str(tmp_path / f"j{i}.log"))
+          for i in range(5)]
+  out = pool.map(jobs)
+  assert [o[2] for o in out] == [0, 1, 4, 9, 16]  # In the jobs' order.
+  if len(os.sched_getaffinity(0)) > 1:
+    assert pool.n == 2 and pool.provenance(dict(cpu_cores=2)) == dict(cpu_cores=1)
+    assert all(len(o[0]) == 1 for o in out) and {o[1] for o in out} != {os.getpid()}
+  # A job that is done runs here; bad input keeps its kind and message; a crash shows its log.
+  assert pool.map([workers.Job("d", _cores_and_square, (3,), "", done=True)])[0][1] == \
+      os.getpid()
+  with pytest.raises(errors.InputError, match="bad: no such thing: x"):
+    pool.map([workers.Job("bad", _bad_input, ("x",), str(tmp_path / "bad.log"))])
+  with pytest.raises(workers.WorkerError, match="(?s)crash failed .*boom.*about to fail"):
+    pool.map([workers.Job("crash", _crash, (), str(tmp_path / "crash.log"))])
+  with pytest.raises(errors.InputError, match="--workers must be a whole number"):
+    workers.Workers(0)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -234,13 +278,13 @@ def test_the_app_refuses_bad_games_before_any_work(tmp_path):
 
 def test_presets_make_the_data_they_use_and_fit_their_budgets():
   """quick fine-tunes nothing, so it makes no held-out data; default does; the printed estimates
-  stay within the stated budgets (40 min, 3 h), every network shares one encoder (the
+  stay within the stated budgets (40 min, 2.5 h with the default 2 workers), every network shares one encoder (the
   process picks XLA:CPU's runtime once), and the seed counts are the plan's."""
   quick, default = reproduce.plan("quick"), reproduce.plan("default")
   assert reproduce.data_games(quick) == quick.train_games
   assert reproduce.data_games(default) == default.train_games + (default.heldout_game,)
   assert reproduce.estimate_seconds(quick) <= 40 * 60
-  assert reproduce.estimate_seconds(default) <= 180 * 60
+  assert reproduce.estimate_seconds(default, workers=2) <= 150 * 60
   assert reproduce.estimate_seconds(reproduce.plan("default", scale=2)) > \
       reproduce.estimate_seconds(default)
   assert reproduce.encoder(default) == "nature"

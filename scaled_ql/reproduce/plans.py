@@ -94,13 +94,16 @@ _SECONDS_PER_UPDATE = {"tiny": 0.02, "demo": 0.067}
 # Of the step cap x episodes, per policy and game played: 4 games x 8 episodes capped at 2,500
 # steps took 34-44 s per network on the tuning games (2026-12-06).
 _SECONDS_PER_EVAL_STEP = 0.0005
+# Two training processes pinned to one core each against one on both cores (2026-12-05:
+# 12.5 + 12.3 against 18.0 updates/s, BUILD_NOTES.md "Results a referee can rerun").
+_TWO_WORKERS_SPEEDUP = 1.38
 
 
 def plan(budget: str = "default", scale: float = 1.0, seed: int = 0,
          train_games: Optional[Sequence[str]] = None, heldout_game: Optional[str] = None,
          variant: Optional[tuple[str, int, int]] = None, main_claim_only: bool = False) -> Plan:
-  """The presets: `test` (seconds, for the test suite), `quick` (~35 min: the main claim,
-  Scaled QL vs BC vs the behaviour data on the low split), `default` (~3 h: every claim; the
+  """The presets: `test` (seconds, for the test suite), `quick` (~25 min: the main claim,
+  Scaled QL vs BC vs the behaviour data on the low split), `default` (~2 h with 2 workers: every claim; the
   networks on all data get 6,000 updates, BUILD_NOTES.md "Learning that beats the best
   constant action");
   `scale` multiplies the data and update budgets; `train_games`, `heldout_game` and `variant`
@@ -254,8 +257,9 @@ def num_networks(p: Plan) -> int:
   return sum(seeds_of(p, g) for g in p.groups) + sizes
 
 
-def estimate_seconds(p: Plan) -> float:
-  """A rough duration on the 2-core reference machine (printed at start)."""
+def estimate_seconds(p: Plan, workers: int = 1) -> float:
+  """A rough duration on the 2-core reference machine (printed at start), with `workers` jobs
+  side by side (2: each job on one core, 1.38x the throughput of one job on both)."""
   games_n = len(data_games(p))
   data = games_n * p.agent_checkpoints * p.agent_steps_per_checkpoint * _SECONDS_PER_AGENT_STEP
   per_update = _SECONDS_PER_UPDATE.get(p.pretrain_preset, 0.06)
@@ -271,4 +275,4 @@ def estimate_seconds(p: Plan) -> float:
   # training games, random on the held-out game and the variant.
   baselines = len(p.train_games) * 11 + 2
   evals = (runs * len(p.train_games) + transfer_evals + baselines) * cap
-  return data + train + online + evals
+  return (data + train + online + evals) / (_TWO_WORKERS_SPEEDUP if workers > 1 else 1.0)

@@ -94,7 +94,7 @@ def write(stages, p: Plan, evaluated: dict, base: dict, transfer: dict) -> dict:
   prov = stages.provenance
   md = ["# Scaled QL at laptop scale", "",
         f"Made with JAX {prov['jax']} (jaxlib {prov['jaxlib']}), XLA:CPU runtime "
-        f"{prov['xla_cpu_runtime']}, {prov['cpu_cores']} CPU cores, scaled_ql code "
+        f"{prov['xla_cpu_runtime']}, {prov['cpu_cores']} CPU core(s) per job, scaled_ql code "
         f"{prov['code']}. Every stage of this report was made under these (stage.json).", "",
         f"Training games {', '.join(p.train_games)}; held-out {p.heldout_game}; variant "
         f"{p.variant[0]} mode {p.variant[1]} difficulty {p.variant[2]}. Data: a logged agent, "

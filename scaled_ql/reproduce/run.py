@@ -9,9 +9,9 @@ import hashlib
 import json
 import math
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
-from scaled_ql import configs, errors, export, games
+from scaled_ql import configs, errors, export, games, run_meta
 from scaled_ql.evaluation import baselines as baselines_lib
 from scaled_ql.evaluation import job as eval_job
 from scaled_ql.evaluation import restore, results
@@ -19,72 +19,66 @@ from scaled_ql.reproduce import plans as plan_lib
 from scaled_ql.reproduce import report as report_lib
 from scaled_ql.reproduce.plans import METHODS, Plan
 from scaled_ql.reproduce.stages import Stages
+from scaled_ql.reproduce.workers import Job, Workers
 from scaled_ql.train import finetuning, logged_agent, loop
 
 BOOTSTRAP_REPS = 2000
 
 
 def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print,
-              rerun_changed: bool = False) -> dict:
-  """Runs (or resumes) every stage of plan `p` in `workdir`; returns the report's paths."""
+              rerun_changed: bool = False, workers: int = 1) -> dict:
+  """Runs (or resumes) every stage of plan `p` in `workdir`; returns the report's paths.
+  `workers` > 1: independent jobs (a game's data, a network's training and evaluation, a
+  baseline, a transfer arm) side by side, each on one core (`workers`)."""
   with errors.input_checks():
     plan_lib.check(p)
-  stages = Stages(workdir, log, rerun_changed=rerun_changed)
+  pool = Workers(workers, log)
+  stages = Stages(workdir, log, rerun_changed=rerun_changed,
+                  provenance=pool.provenance(run_meta.provenance()))
   prov = stages.provenance
   log(f"reproduce: {len(p.train_games)} training games {', '.join(p.train_games)}, held-out "
       f"{p.heldout_game}, variant {p.variant[0]} mode {p.variant[1]} difficulty {p.variant[2]}; "
       f"{plan_lib.num_networks(p)} networks ({p.claim_seeds} seeds for the main claim, "
-      f"{p.seeds} for the rest); estimated {plan_lib.estimate_seconds(p) / 60:.0f} min on a "
-      f"2-core CPU; JAX {prov['jax']}, XLA:CPU {prov['xla_cpu_runtime']}, code {prov['code']}")
+      f"{p.seeds} for the rest); {pool.n} job(s) at a time; estimated "
+      f"{plan_lib.estimate_seconds(p, pool.n) / 60:.0f} min on a 2-core CPU; JAX {prov['jax']}, "
+      f"XLA:CPU {prov['xla_cpu_runtime']}, code {prov['code']}")
   data_dir = stages.path("data")
   agent = configs.load(f"configs/agent.py:{p.agent_preset}")
   all_games = plan_lib.data_games(p)
 
-  # -- Data. ------------------------------------------------------------------------------------
+  def job(label: str, fn, args: tuple, names: Sequence[str]) -> Job:
+    done = stages.done(*names)
+    here = done or pool.n == 1
+    return Job(label, fn, (stages if here else stages.spec(), *args),
+               stages.path(os.path.join("logs", label + ".log")), done)
+
+  # -- Data: the games side by side. ----------------------------------------------------------
   data = stages.run("data", dict(games=all_games, agent=json.loads(agent.to_json()),
                                  checkpoints=p.agent_checkpoints,
                                  steps=p.agent_steps_per_checkpoint, seed=p.seed),
-                    lambda folder: _make_data(p, agent, folder, all_games))
+                    lambda folder: _make_data(p, agent, folder, all_games, pool))
   data_sha = data["sha256"]
 
   # -- Pre-training and evaluation: every group and size, every seed. ------------------------
-  evaluated = {}  # stage name -> its evaluation's results.json
-
-  def train_and_evaluate(name: str, config) -> None:
-    trained = stages.run(name, dict(config=json.loads(config.to_json()), data=data_sha),
-                         lambda folder, c=config: _train_result(loop.train(c, folder)))
-    evaluated[name] = stages.run(
-        f"eval/{name}", dict(params=trained["params_sha256"], episodes=p.eval_episodes,
-                             max_steps=p.eval_max_steps, games=list(p.train_games)),
-        lambda folder: _evaluate_agent(p, stages.path(name), folder, p.train_games))["results"]
-
+  networks = {}  # stage name -> config
   for group in p.groups:
     method, split = group
     _, loss, model = METHODS[method]
     for k, name in enumerate(plan_lib.group_stages(p, group)):
-      train_and_evaluate(name, _pretrain_config(p, data_dir, split, loss, model, k))
+      networks[name] = _pretrain_config(p, data_dir, split, loss, model, k)
   for size, overrides in p.sizes:
     for k, name in enumerate(plan_lib.size_stages(p, size, overrides)):
-      if name not in evaluated:
-        train_and_evaluate(name, _pretrain_config(p, data_dir, "low", {}, dict(overrides), k))
+      networks.setdefault(name, _pretrain_config(p, data_dir, "low", {}, dict(overrides), k))
+  evaluated = dict(zip(networks, pool.map([
+      job(name, _network_job, (p, name, c, data_sha), (name, f"eval/{name}"))
+      for name, c in networks.items()])))
 
-  # -- Baselines, each once per game set and protocol. ----------------------------------------
-  base = {}
-
-  def baseline(name: str, kind: str, game_list, **kw) -> None:
-    base[name] = stages.run(
-        f"baselines/{name}", dict(kind=kind, games=list(game_list), episodes=p.eval_episodes,
-                                  max_steps=p.eval_max_steps, data=data_sha, **kw),
-        lambda folder: _baseline(p, kind, game_list, folder, data_dir, **kw))["results"]
-
-  baseline("random", "random", p.train_games)
-  baseline("constant", "constant", p.train_games)
-  for split in sorted({s for _, s in p.groups}):
-    baseline(f"behaviour_{split}", "behaviour", p.train_games,
-             checkpoints=list(_split_checkpoints(p, split)))
-
-  # -- Transfer. ------------------------------------------------------------------------------
-  transfer = {}
+  # -- Baselines (each once per game set and protocol) and transfer. ------------------------
+  baselines = [("random", "random", p.train_games, {}), ("constant", "constant", p.train_games, {})]
+  baselines += [(f"behaviour_{split}", "behaviour", p.train_games,
+                 dict(checkpoints=list(_split_checkpoints(p, split))))
+                for split in sorted({s for _, s in p.groups})]
+  transfer_jobs = []  # (key, job)
   if p.finetune_offline_steps or p.finetune_online_env_steps:
     source = "pretrain/scaled_ql_all" if ("scaled_ql", "all") in p.groups \
         else "pretrain/scaled_ql_low"
@@ -94,52 +88,106 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print,
                    stages.path(source), backbone, overwrite=True, formats=("orbax",))[1]
                                    ["sha256"]))
     if p.finetune_offline_steps:
-      baseline("heldout_random", "random", (p.heldout_game,))
-      baseline("heldout_behaviour", "behaviour", (p.heldout_game,), checkpoints=None)
+      baselines += [("heldout_random", "random", (p.heldout_game,), {}),
+                    ("heldout_behaviour", "behaviour", (p.heldout_game,), dict(checkpoints=None))]
     if p.finetune_online_env_steps:
       game, mode, difficulty = p.variant
-      baseline("variant_random", "random", (game,), mode=mode, difficulty=difficulty)
-      baseline("variant_constant", "constant", (game,), mode=mode, difficulty=difficulty)
+      variant = dict(mode=mode, difficulty=difficulty)
+      baselines += [("variant_random", "random", (game,), variant),
+                    ("variant_constant", "constant", (game,), variant)]
       # Zero-shot: the pre-trained network on the variant before any fine-tuning.
-      transfer["online_zero_shot"] = [stages.run(
-          "eval/transfer/online_zero_shot", dict(source=source, variant=list(p.variant),
-                                                 episodes=p.eval_episodes,
-                                                 max_steps=p.eval_max_steps, data=data_sha),
-          lambda folder: _evaluate_agent(p, stages.path(source), folder, (game,),
-                                         mode=mode, difficulty=difficulty))["results"]]
-    for mode_name, budget, game_list in (
-        ("offline", p.finetune_offline_steps, (p.heldout_game,)),
-        ("online", p.finetune_online_env_steps, (p.variant[0],))):
-      if not budget:
-        continue
-      for init in ("pretrained", "scratch"):
-        arm = []
+      name = "eval/transfer/online_zero_shot"
+      transfer_jobs.append(("online_zero_shot", job(name, _zero_shot_job,
+                                                    (p, source, data_sha), (name,))))
+    for mode_name, budget in (("offline", p.finetune_offline_steps),
+                              ("online", p.finetune_online_env_steps)):
+      for init in ("pretrained", "scratch") if budget else ():
         for k in range(p.seeds):
           name = plan_lib.seed_stage(f"transfer/{mode_name}_{init}", k)
           c = _finetune_config(p, mode_name, init, data_dir, k)
-          trained = stages.run(name, dict(config=json.loads(c.to_json()), data=data_sha),
-                               lambda folder, c=c: _train_result(
-                                   finetuning.finetune(c, folder, backbone)))
-          variant = dict(mode=p.variant[1], difficulty=p.variant[2]) \
-              if mode_name == "online" else {}
-          arm.append(stages.run(
-              f"eval/{name}", dict(params=trained["params_sha256"], episodes=p.eval_episodes,
-                                   max_steps=p.eval_max_steps, games=list(game_list)),
-              lambda folder, n=name, g=game_list, v=variant: _evaluate_agent(
-                  p, stages.path(n), folder, g, **v))["results"])
-        transfer[f"{mode_name}_{init}"] = arm
+          transfer_jobs.append((f"{mode_name}_{init}", job(
+              name, _transfer_job, (p, name, mode_name, c, data_sha, backbone),
+              (name, f"eval/{name}"))))
+  done = pool.map([job(f"baselines/{name}", _baseline_job,
+                       (p, name, kind, tuple(game_list), data_dir, data_sha, kw),
+                       (f"baselines/{name}",))
+                   for name, kind, game_list, kw in baselines] + [j for _, j in transfer_jobs])
+  base = {name: path for (name, *_), path in zip(baselines, done)}
+  transfer = {}
+  for (key, _), path in zip(transfer_jobs, done[len(baselines):]):
+    transfer.setdefault(key, []).append(path)
 
   # -- Report. --------------------------------------------------------------------------------
   return report_lib.write(stages, p, evaluated, base, transfer)
 
 
-def _make_data(p: Plan, agent, folder: str, all_games) -> dict:
-  segments = logged_agent.make_agent_datasets(
-      agent, folder, all_games, (1,), checkpoints_per_run=p.agent_checkpoints,
-      steps_per_checkpoint=p.agent_steps_per_checkpoint, seed=p.seed, skip_existing=True)
-  return dict(segments={g: [dataclasses.asdict(s) for s in segs]
-                        for (g, _), segs in segments.items()},
+def _open(stages) -> Stages:
+  """The stages of a job: this process's, or (in a worker process) opened from their spec."""
+  return stages if isinstance(stages, Stages) else Stages.from_spec(stages)
+
+
+def _network_job(stages, p: Plan, name: str, config, data_sha: str) -> str:
+  """Trains network `name` and evaluates it on the training games: its results.json."""
+  stages = _open(stages)
+  trained = stages.run(name, dict(config=json.loads(config.to_json()), data=data_sha),
+                       lambda folder: _train_result(loop.train(config, folder)))
+  return stages.run(
+      f"eval/{name}", dict(params=trained["params_sha256"], episodes=p.eval_episodes,
+                           max_steps=p.eval_max_steps, games=list(p.train_games)),
+      lambda folder: _evaluate_agent(p, stages.path(name), folder, p.train_games))["results"]
+
+
+def _baseline_job(stages, p: Plan, name: str, kind: str, game_list, data_dir: str,
+                  data_sha: str, kw: dict) -> str:
+  stages = _open(stages)
+  return stages.run(
+      f"baselines/{name}", dict(kind=kind, games=list(game_list), episodes=p.eval_episodes,
+                                max_steps=p.eval_max_steps, data=data_sha, **kw),
+      lambda folder: _baseline(p, kind, game_list, folder, data_dir, **kw))["results"]
+
+
+def _zero_shot_job(stages, p: Plan, source: str, data_sha: str) -> str:
+  stages = _open(stages)
+  game, mode, difficulty = p.variant
+  return stages.run(
+      "eval/transfer/online_zero_shot", dict(source=source, variant=list(p.variant),
+                                             episodes=p.eval_episodes,
+                                             max_steps=p.eval_max_steps, data=data_sha),
+      lambda folder: _evaluate_agent(p, stages.path(source), folder, (game,), mode=mode,
+                                     difficulty=difficulty))["results"]
+
+
+def _transfer_job(stages, p: Plan, name: str, mode_name: str, config, data_sha: str,
+                  backbone: str) -> str:
+  """Fine-tunes arm `name` (offline on the held-out game, online on the variant) and evaluates
+  it there: its results.json."""
+  stages = _open(stages)
+  trained = stages.run(name, dict(config=json.loads(config.to_json()), data=data_sha),
+                       lambda folder: _train_result(
+                           finetuning.finetune(config, folder, backbone)))
+  game_list, variant = ((p.heldout_game,), {}) if mode_name == "offline" else \
+      ((p.variant[0],), dict(mode=p.variant[1], difficulty=p.variant[2]))
+  return stages.run(
+      f"eval/{name}", dict(params=trained["params_sha256"], episodes=p.eval_episodes,
+                           max_steps=p.eval_max_steps, games=list(game_list)),
+      lambda folder: _evaluate_agent(p, stages.path(name), folder, game_list,
+                                     **variant))["results"]
+
+
+def _make_data(p: Plan, agent, folder: str, all_games, pool: Workers) -> dict:
+  logs = os.path.join(os.path.dirname(folder), "logs", "data")
+  made = pool.map([Job(f"data/{g}", _data_job, (p, agent, folder, g),
+                       os.path.join(logs, f"{g}.log")) for g in all_games])
+  return dict(segments={g: s for m in made for g, s in m.items()},
               sha256=split_digests(folder, all_games))
+
+
+def _data_job(p: Plan, agent, folder: str, game: str) -> dict:
+  """One game's logged-agent run (a rerun keeps a finished one): {game: its segments}."""
+  segments = logged_agent.make_agent_datasets(
+      agent, folder, (game,), (1,), checkpoints_per_run=p.agent_checkpoints,
+      steps_per_checkpoint=p.agent_steps_per_checkpoint, seed=p.seed, skip_existing=True)
+  return {g: [dataclasses.asdict(s) for s in segs] for (g, _), segs in segments.items()}
 
 
 def split_digests(data_dir: str, game_list) -> dict:

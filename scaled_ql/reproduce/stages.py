@@ -48,6 +48,19 @@ class Stages:
     return _map_strings(value, lambda s: self.workdir + s[len(WORKDIR_TAG):]
                         if s.startswith(WORKDIR_TAG) else s)
 
+  def spec(self) -> tuple:
+    """What a worker process needs to open these stages (`from_spec`): picklable."""
+    return (self.workdir, self.rerun_changed, self.provenance)
+
+  @classmethod
+  def from_spec(cls, spec: tuple) -> "Stages":
+    workdir, rerun_changed, provenance = spec
+    return cls(workdir, print, rerun_changed=rerun_changed, provenance=provenance)
+
+  def done(self, *names: str) -> bool:
+    """Whether every stage of `names` is done (its settings and provenance are not checked)."""
+    return all((self.saved(n) or {}).get("done") for n in names)
+
   def saved(self, name: str) -> Optional[dict]:
     """A stage's stage.json (None when the stage was never started)."""
     marker = os.path.join(self.path(name), STAGE_FILE)
