@@ -310,7 +310,7 @@ def test_offline_pools_hold_a_whole_game_run(budget, scale):
 
 
 def test_online_arms_explore_by_their_schedules():
-  """Scratch explores from epsilon 1.0 over the first 20% of its budget; pre-trained from 0.1
+  """Scratch explores from epsilon 1.0 over the first 20% of its budget; pre-trained from 0.3
   over 10%: the from-scratch arm is not a greedy random network."""
   from scaled_ql.reproduce import run
   p = reproduce.plan("default")
@@ -318,5 +318,5 @@ def test_online_arms_explore_by_their_schedules():
   pretrained = run._finetune_config(p, "online", "pretrained", "/data")
   assert scratch.online.epsilon_decay_steps == 2_000 and scratch.online.epsilon == 0.01
   assert pretrained.online.epsilon_decay_steps == 1_000
-  assert (scratch.online.epsilon_start, pretrained.online.epsilon_start) == (1.0, 0.1)
+  assert (scratch.online.epsilon_start, pretrained.online.epsilon_start) == (1.0, 0.3)
   assert scratch.online.replay == pretrained.online.replay == "local"
