@@ -33,9 +33,9 @@ _MAIN_ONLY = flags.DEFINE_bool("main_claim_only", False, "Train only the main cl
                                "updates and seeds.")
 _WORKERS = flags.DEFINE_integer(
     "workers", 2, "Jobs side by side (a game's data, a network, a baseline, a transfer arm), "
-    "each in its own process pinned to one core; 1: one at a time in this process. The same "
-    "results either way: more than one runs only under XLA:CPU's classic runtime, where a "
-    "network's bits do not depend on its cores.")
+    "each in its own process pinned to one core; 1: one at a time in this process, on every "
+    "core. The bits can depend on a job's cores, so a work directory keeps the worker count it "
+    "was made with (another one is refused, like another JAX).")
 _RERUN = flags.DEFINE_bool("rerun_changed", False, "Make again the stages made under another "
                            "JAX, XLA:CPU runtime or code version (else they are refused).")
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 import os
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from scaled_ql import configs, errors, export, games, run_meta
 from scaled_ql.evaluation import baselines as baselines_lib
@@ -70,7 +70,8 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print,
     for k, name in enumerate(plan_lib.size_stages(p, size, overrides)):
       networks.setdefault(name, _pretrain_config(p, data_dir, "low", {}, dict(overrides), k))
   evaluated = dict(zip(networks, pool.map([
-      job(name, _network_job, (p, name, c, data_sha), (name, f"eval/{name}"))
+      job(name, _network_job, (p, name, c, data_sha, tuple(p.train_games)),
+          (name, f"eval/{name}"))
       for name, c in networks.items()])))
 
   # -- Baselines (each once per game set and protocol) and transfer. ------------------------
@@ -99,14 +100,16 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print,
       name = "eval/transfer/online_zero_shot"
       transfer_jobs.append(("online_zero_shot", job(name, _zero_shot_job,
                                                     (p, source, data_sha), (name,))))
-    for mode_name, budget in (("offline", p.finetune_offline_steps),
-                              ("online", p.finetune_online_env_steps)):
+    for mode_name, budget, game_list, played in (
+        ("offline", p.finetune_offline_steps, (p.heldout_game,), {}),
+        ("online", p.finetune_online_env_steps, (p.variant[0],),
+         dict(mode=p.variant[1], difficulty=p.variant[2]))):
       for init in ("pretrained", "scratch") if budget else ():
         for k in range(p.seeds):
           name = plan_lib.seed_stage(f"transfer/{mode_name}_{init}", k)
           c = _finetune_config(p, mode_name, init, data_dir, k)
           transfer_jobs.append((f"{mode_name}_{init}", job(
-              name, _transfer_job, (p, name, mode_name, c, data_sha, backbone),
+              name, _network_job, (p, name, c, data_sha, game_list, played, backbone),
               (name, f"eval/{name}"))))
   done = pool.map([job(f"baselines/{name}", _baseline_job,
                        (p, name, kind, tuple(game_list), data_dir, data_sha, kw),
@@ -126,15 +129,20 @@ def _open(stages) -> Stages:
   return stages if isinstance(stages, Stages) else Stages.from_spec(stages)
 
 
-def _network_job(stages, p: Plan, name: str, config, data_sha: str) -> str:
-  """Trains network `name` and evaluates it on the training games: its results.json."""
+def _network_job(stages, p: Plan, name: str, config, data_sha: str, game_list,
+                 played: Optional[dict] = None, backbone: Optional[str] = None) -> str:
+  """Trains network `name` (pre-training; with a `backbone`, fine-tuning from it) and evaluates
+  it on `game_list` (`played`: the ALE mode and difficulty): its results.json."""
   stages = _open(stages)
   trained = stages.run(name, dict(config=json.loads(config.to_json()), data=data_sha),
-                       lambda folder: _train_result(loop.train(config, folder)))
+                       lambda folder: _train_result(
+                           loop.train(config, folder) if backbone is None
+                           else finetuning.finetune(config, folder, backbone)))
   return stages.run(
       f"eval/{name}", dict(params=trained["params_sha256"], episodes=p.eval_episodes,
-                           max_steps=p.eval_max_steps, games=list(p.train_games)),
-      lambda folder: _evaluate_agent(p, stages.path(name), folder, p.train_games))["results"]
+                           max_steps=p.eval_max_steps, games=list(game_list)),
+      lambda folder: _evaluate_agent(p, stages.path(name), folder, game_list,
+                                     **(played or {})))["results"]
 
 
 def _baseline_job(stages, p: Plan, name: str, kind: str, game_list, data_dir: str,
@@ -155,23 +163,6 @@ def _zero_shot_job(stages, p: Plan, source: str, data_sha: str) -> str:
                                              max_steps=p.eval_max_steps, data=data_sha),
       lambda folder: _evaluate_agent(p, stages.path(source), folder, (game,), mode=mode,
                                      difficulty=difficulty))["results"]
-
-
-def _transfer_job(stages, p: Plan, name: str, mode_name: str, config, data_sha: str,
-                  backbone: str) -> str:
-  """Fine-tunes arm `name` (offline on the held-out game, online on the variant) and evaluates
-  it there: its results.json."""
-  stages = _open(stages)
-  trained = stages.run(name, dict(config=json.loads(config.to_json()), data=data_sha),
-                       lambda folder: _train_result(
-                           finetuning.finetune(config, folder, backbone)))
-  game_list, variant = ((p.heldout_game,), {}) if mode_name == "offline" else \
-      ((p.variant[0],), dict(mode=p.variant[1], difficulty=p.variant[2]))
-  return stages.run(
-      f"eval/{name}", dict(params=trained["params_sha256"], episodes=p.eval_episodes,
-                           max_steps=p.eval_max_steps, games=list(game_list)),
-      lambda folder: _evaluate_agent(p, stages.path(name), folder, game_list,
-                                     **variant))["results"]
 
 
 def _make_data(p: Plan, agent, folder: str, all_games, pool: Workers) -> dict:

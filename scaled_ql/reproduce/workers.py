@@ -22,10 +22,9 @@ import multiprocessing.connection
 import os
 import time
 import traceback
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from scaled_ql import errors
-
 
 
 class Job(NamedTuple):
@@ -34,7 +33,6 @@ class Job(NamedTuple):
   args: tuple
   log_path: str  # the worker process's output
   done: bool = False  # its stages are done: run here (it only reads them)
-
 
 
 class WorkerError(RuntimeError):
