@@ -3,7 +3,7 @@ and data split from several training seeds, model sizes, transfer to a held-out 
 variant, baselines (random, best constant action, behaviour data), evaluation, and a report with
 the table "claim | paper | here | holds at this scale?", every verdict judged over seeds.
 
-  python -m launch.reproduce --workdir=runs/reproduce                 # ~2 h on a 2-core CPU
+  python -m launch.reproduce --workdir=runs/reproduce                 # ~2 h 20 min, 2 cores
   python -m launch.reproduce --workdir=runs/reproduce_quick --budget=quick   # ~30 min
   python -m launch.reproduce --workdir=runs/second --games=second --main_claim_only
   python -m launch.reproduce --workdir=runs/reproduce_x4 --scale=4    # 4x data and updates

@@ -278,18 +278,23 @@ def test_the_app_refuses_bad_games_before_any_work(tmp_path):
 
 def test_presets_make_the_data_they_use_and_fit_their_budgets():
   """quick fine-tunes nothing, so it makes no held-out data; default does; the printed estimates
-  stay within the stated budgets (40 min, 2.5 h with the default 2 workers), every network shares one encoder (the
-  process picks XLA:CPU's runtime once), and the seed counts are the plan's."""
+  stay within the stated budgets with the default 2 workers (40 min, 2.5 h), every network
+  shares one encoder (the process picks XLA:CPU's runtime once), the seed counts are the plan's,
+  and the ablations share the main claim's split (their Scaled QL arm is its networks)."""
   quick, default = reproduce.plan("quick"), reproduce.plan("default")
   assert reproduce.data_games(quick) == quick.train_games
   assert reproduce.data_games(default) == default.train_games + (default.heldout_game,)
-  assert reproduce.estimate_seconds(quick) <= 40 * 60
+  assert reproduce.estimate_seconds(quick, workers=2) <= 40 * 60
   assert reproduce.estimate_seconds(default, workers=2) <= 150 * 60
+  assert reproduce.estimate_seconds(default, workers=1) > \
+      reproduce.estimate_seconds(default, workers=2)
   assert reproduce.estimate_seconds(reproduce.plan("default", scale=2)) > \
       reproduce.estimate_seconds(default)
   assert reproduce.encoder(default) == "nature"
   assert (default.claim_seeds, default.seeds) == (5, 3)
   assert set(default.groups) == set(reproduce.ALL_GROUPS)
+  assert {s for m, s in default.groups if m != "scaled_ql" and m != "bc"} == {"low"}
+  assert ("scaled_ql", "all") in default.groups
   for p in (quick, default):
     reproduce.check(dataclasses.replace(p, finetune_online_env_steps=0))
 

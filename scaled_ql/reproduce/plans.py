@@ -25,10 +25,16 @@ METHODS = {  # name -> (label, loss overrides, model overrides)
 SPLITS = ("low", "all")
 # The main claim: Scaled QL > BC and > its data, on the low split.
 MAIN_GROUPS = (("scaled_ql", "low"), ("bc", "low"))
+# The split of the ablations (C51 vs MSE vs HL-Gauss vs alpha 0): the low split, where the main
+# claim is made, so their Scaled QL arm is the main claim's own networks (trained once). On all
+# data (6,000 updates a network) they would cost ~45 min more of the default run on this 2-core
+# machine (2026-12-06: 12 networks x 6,000 updates at ~6.6 updates/s a core).
+ABLATION_SPLIT = "low"
+ABLATIONS = ("c51", "mse_cql", "hl_gauss_cql")
 # Every claim's networks: the main claim's, Scaled QL on all data (against the best constant
-# action), and the ablations on all data (C51 vs MSE vs HL-Gauss vs alpha 0).
-ALL_GROUPS = MAIN_GROUPS + (("scaled_ql", "all"), ("c51", "all"), ("mse_cql", "all"),
-                            ("hl_gauss_cql", "all"))
+# action; the transfer arms' backbone), and the ablations.
+ALL_GROUPS = MAIN_GROUPS + (("scaled_ql", "all"),) + tuple((m, ABLATION_SPLIT)
+                                                            for m in ABLATIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,25 +93,27 @@ VARIANT = ("qbert", 0, 1)
 SECOND_GAMES = ("breakout", "jamesbond", "kung_fu_master", "up_n_down")
 GAME_SETS = {"tuning": TRAIN_GAMES, "second": SECOND_GAMES}
 
-# Rates measured on the 2-core reference machine, for the estimate printed at start (seconds).
-# (2026-11-27, default run: the agent ~115 env steps/s, the demo preset ~15 updates/s, an
-# evaluation of 4 games x 8 episodes capped at 2,500 steps ~65 s, as its episodes end sooner.)
-_SECONDS_PER_AGENT_STEP = 0.0087
-_SECONDS_PER_ONLINE_STEP = 0.014  # online fine-tuning's local replay, 8 samples per insert.
-_SECONDS_PER_UPDATE = {"tiny": 0.02, "demo": 0.067}
-# Of the step cap x episodes, per policy and game played: 4 games x 8 episodes capped at 2,500
-# steps took 34-44 s per network on the tuning games (2026-12-06).
-_SECONDS_PER_EVAL_STEP = 0.0005
-# Two training processes pinned to one core each against one on both cores (2026-12-05:
-# 12.5 + 12.3 against 18.0 updates/s, BUILD_NOTES.md "Results a referee can rerun").
-_TWO_WORKERS_SPEEDUP = 1.38
+# Rates of one job on one core with another job on the other (the default `--workers=2`), for
+# the estimate printed at start (seconds). Measured on the 2-core reference machine on
+# 2026-12-06 (the default run's job logs): the agent's data ~400 s a game of 30k env steps; the
+# demo preset ~7.7 updates/s on the low split, ~6.6 on all data; an evaluation of 4 games x 5
+# episodes capped at 2,500 steps ~45 s (its episodes end sooner). Online: the local replay's
+# 2-core rate of 2026-12-05, doubled.
+_CORE_SECONDS_PER_AGENT_STEP = 0.0135
+_CORE_SECONDS_PER_UPDATE = {"tiny": 0.04, "demo": 0.14}
+_CORE_SECONDS_PER_ONLINE_STEP = 0.028
+_CORE_SECONDS_PER_EVAL_STEP = 0.0009  # of the step cap x episodes, per policy and game
+# One job on both cores (`--workers=1`) against one on one core beside another: 18.0 against
+# 12.4 updates/s (2026-12-05, BUILD_NOTES.md "Results a referee can rerun").
+_BOTH_CORES_SPEEDUP = 1.45
 
 
 def plan(budget: str = "default", scale: float = 1.0, seed: int = 0,
          train_games: Optional[Sequence[str]] = None, heldout_game: Optional[str] = None,
          variant: Optional[tuple[str, int, int]] = None, main_claim_only: bool = False) -> Plan:
   """The presets: `test` (seconds, for the test suite), `quick` (~25 min: the main claim,
-  Scaled QL vs BC vs the behaviour data on the low split), `default` (~2 h with 2 workers: every claim; the
+  Scaled QL vs BC vs the behaviour data on the low split), `default` (~2 h 20 min with 2
+  workers: every claim; the
   networks on all data get 6,000 updates, BUILD_NOTES.md "Learning that beats the best
   constant action");
   `scale` multiplies the data and update budgets; `train_games`, `heldout_game` and `variant`
@@ -260,21 +268,23 @@ def num_networks(p: Plan) -> int:
 
 
 def estimate_seconds(p: Plan, workers: int = 1) -> float:
-  """A rough duration on the 2-core reference machine (printed at start), with `workers` jobs
-  side by side (2: each job on one core, 1.38x the throughput of one job on both)."""
+  """A rough duration on the 2-core reference machine (printed at start): with 2 workers each
+  job on one core (the data's games in rounds of two), with 1 each job on both cores."""
   games_n = len(data_games(p))
-  data = games_n * p.agent_checkpoints * p.agent_steps_per_checkpoint * _SECONDS_PER_AGENT_STEP
-  per_update = _SECONDS_PER_UPDATE.get(p.pretrain_preset, 0.06)
+  per_game = p.agent_checkpoints * p.agent_steps_per_checkpoint * _CORE_SECONDS_PER_AGENT_STEP
+  per_update = _CORE_SECONDS_PER_UPDATE.get(p.pretrain_preset, 0.14)
   runs = num_networks(p)
   updates = sum(seeds_of(p, g) * p.steps(g[1]) for g in p.groups) + \
       (runs - sum(seeds_of(p, g) for g in p.groups)) * p.pretrain_steps  # sizes: low split
   train = (updates + 2 * p.seeds * p.finetune_offline_steps) * per_update
-  online = 2 * p.seeds * p.finetune_online_env_steps * _SECONDS_PER_ONLINE_STEP
-  cap = p.eval_episodes * p.eval_max_steps * _SECONDS_PER_EVAL_STEP
+  online = 2 * p.seeds * p.finetune_online_env_steps * _CORE_SECONDS_PER_ONLINE_STEP
+  cap = p.eval_episodes * p.eval_max_steps * _CORE_SECONDS_PER_EVAL_STEP
   transfer_evals = 2 * p.seeds * (bool(p.finetune_offline_steps)
                                   + 2 * bool(p.finetune_online_env_steps))
   # Baselines, once per game set: random and constant (about 10 actions a game) on the
   # training games, random on the held-out game and the variant.
   baselines = len(p.train_games) * 11 + 2
-  evals = (runs * len(p.train_games) + transfer_evals + baselines) * cap
-  return (data + train + online + evals) / (_TWO_WORKERS_SPEEDUP if workers > 1 else 1.0)
+  jobs = train + online + (runs * len(p.train_games) + transfer_evals + baselines) * cap
+  if workers > 1:
+    return math.ceil(games_n / 2) * per_game + jobs / 2
+  return (games_n * per_game + jobs) / _BOTH_CORES_SPEEDUP

@@ -206,6 +206,8 @@ def compare(a: Optional[Entry], b: Optional[Entry]) -> tuple[str, str]:
 
 def claims_table(p: Plan, entries: dict, baselines: dict, arms: dict) -> list[list[str]]:
   g, b = entries.get, baselines.get
+  a = plan_lib.ABLATION_SPLIT
+  split = "low-quality split" if a == "low" else "all data"
   rows = [
       ("Scaled QL > behaviour data (low-quality split)", g(("scaled_ql", "low")),
        b("behaviour_low"), "data"),
@@ -216,11 +218,10 @@ def claims_table(p: Plan, entries: dict, baselines: dict, arms: dict) -> list[li
        "constant"),
       ("Scaled QL > behaviour data (all data)", g(("scaled_ql", "all")), b("behaviour_all"),
        "data"),
-      ("C51 + CQL > MSE + CQL (all data)", g(("scaled_ql", "all")), g(("mse_cql", "all")), "mse"),
-      ("CQL > offline C51, alpha 0 (all data)", g(("scaled_ql", "all")), g(("c51", "all")),
-       "cql"),
-      ("HL-Gauss + CQL > C51 + CQL (all data)", g(("hl_gauss_cql", "all")),
-       g(("scaled_ql", "all")), "hl_gauss"),
+      (f"C51 + CQL > MSE + CQL ({split})", g(("scaled_ql", a)), g(("mse_cql", a)), "mse"),
+      (f"CQL > offline C51, alpha 0 ({split})", g(("scaled_ql", a)), g(("c51", a)), "cql"),
+      (f"HL-Gauss + CQL > C51 + CQL ({split})", g(("hl_gauss_cql", a)), g(("scaled_ql", a)),
+       "hl_gauss"),
       ("pre-trained > scratch, offline fine-tuning on a held-out game",
        arms.get("offline_pretrained"), arms.get("offline_scratch"), "offline"),
       ("pre-trained > scratch, online fine-tuning on a variant (end)",
