@@ -293,7 +293,7 @@ def test_presets_make_the_data_they_use_and_fit_their_budgets():
   assert reproduce.encoder(default) == "nature"
   assert (default.claim_seeds, default.seeds) == (5, 3)
   assert set(default.groups) == set(reproduce.ALL_GROUPS)
-  assert {s for m, s in default.groups if m != "scaled_ql" and m != "bc"} == {"low"}
+  assert {s for m, s in default.groups if m in reproduce.plans.ABLATIONS} == {"low"}
   assert ("scaled_ql", "all") in default.groups
   for p in (quick, default):
     reproduce.check(dataclasses.replace(p, finetune_online_env_steps=0))

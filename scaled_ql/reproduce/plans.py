@@ -111,11 +111,10 @@ _BOTH_CORES_SPEEDUP = 1.45
 def plan(budget: str = "default", scale: float = 1.0, seed: int = 0,
          train_games: Optional[Sequence[str]] = None, heldout_game: Optional[str] = None,
          variant: Optional[tuple[str, int, int]] = None, main_claim_only: bool = False) -> Plan:
-  """The presets: `test` (seconds, for the test suite), `quick` (~25 min: the main claim,
-  Scaled QL vs BC vs the behaviour data on the low split), `default` (~2 h 20 min with 2
-  workers: every claim; the
-  networks on all data get 6,000 updates, BUILD_NOTES.md "Learning that beats the best
-  constant action");
+  """The presets: `test` (seconds, for the test suite), `quick` (~30 min with 2 workers: the
+  main claim, Scaled QL vs BC vs the behaviour data on the low split), `default` (~2 h 20 min
+  with 2 workers: every claim; the networks on all data get 6,000 updates, BUILD_NOTES.md
+  "Learning that beats the best constant action");
   `scale` multiplies the data and update budgets; `train_games`, `heldout_game` and `variant`
   replace the preset's games (`GAME_SETS` names a set); `main_claim_only` trains the main
   claim's networks alone, at the budget's data, updates and seeds."""
