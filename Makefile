@@ -83,9 +83,20 @@ demo: $(STAMP)
 	  --data_dir=$(WORKDIR)/data
 
 # The whole suite on the pinned stack, then on the current stack (the Reverb backend's tests
-# skip themselves without Reverb, with the reason shown).
-test: $(STAMP) $(STAMP_CURRENT) $(STAMP_CONSUMER) versions
-	$(MAKE) --no-print-directory -k test-pinned test-current wheel-check
+# skip themselves without Reverb, with the reason shown) with the wheel check beside it: the
+# check runs one job at a time, the suite two, on this 2-core reference machine. The three
+# virtualenvs are set up side by side (pip mostly waits on downloads).
+WHEEL_LOG := .wheel-check.log
+test:
+	@$(MAKE) --no-print-directory -j3 setup setup-current setup-consumer
+	@$(MAKE) --no-print-directory versions
+	@rc=0; $(MAKE) --no-print-directory test-pinned || rc=1; \
+	echo "== wheel check, beside the current stack's suite (its output: $(WHEEL_LOG))"; \
+	( $(MAKE) --no-print-directory wheel-check > $(WHEEL_LOG) 2>&1; echo $$? > $(WHEEL_LOG).rc ) & \
+	$(MAKE) --no-print-directory test-current || rc=1; \
+	wait; echo; echo "== wheel check ($(WHEEL_LOG))"; cat $(WHEEL_LOG); \
+	[ "$$(cat $(WHEEL_LOG).rc)" = 0 ] || { echo "wheel check FAILED" >&2; rc=1; }; \
+	rm -f $(WHEEL_LOG).rc; exit $$rc
 
 versions: $(STAMP) $(STAMP_CURRENT)
 	@$(PY) tests/versions.py "pinned stack (.venv)"
@@ -105,4 +116,4 @@ wheel-check:
 	PYTHON=$(PYTHON) bash .ci/wheel_check.sh
 
 clean:
-	rm -rf $(VENV) $(VENV_CURRENT) $(VENV_CONSUMER) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_CURRENT) $(VENV_CONSUMER) runs .pytest_cache $(WHEEL_LOG)

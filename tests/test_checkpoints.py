@@ -74,3 +74,48 @@ def test_non_finite_parameters_are_never_checkpointed(tmp_path):
   ckpt.wait()
   assert ckpt.all_steps() == []
   ckpt.close()
+
+
+
+_SAVE_WHILE_TRAINING = """
+import sys, jax, numpy as np
+sys.path.insert(0, {tests!r})
+from scaled_ql import app, checkpoints
+app.configure_jax()
+from test_checkpoints import _flat, _state
+state, abstract = _state()
+update = jax.jit(lambda s: s._replace(params=jax.tree_util.tree_map(lambda p: p + 1.0, s.params),
+                                      step=s.step + 1), donate_argnums=0)
+ckpt = checkpoints.Checkpointer(sys.argv[1], save_interval_steps=1)
+bad = 0
+for step in range(1, 6):
+  saved = _flat(state)
+  ckpt.save(step, state, {{}}, {{}})
+  for _ in range(50):
+    state = update(state)
+  ckpt.wait()
+  bad += not np.array_equal(_flat(ckpt.restore_latest(abstract).state), saved)
+print("checkpoints that changed after their save:", bad)
+"""
+
+
+def test_a_saved_checkpoint_keeps_its_state_while_training_donates_it(tmp_path):
+  """The loop saves asynchronously and goes on updating its state, donated to every update.
+  With JAX 0.4.34 on CPU, an update read back from JAX's persistent compilation cache wrote into
+  buffers the save still shared: a run's checkpoint 10 held step 11's parameters (or NaN), and
+  runs resumed from it went astray. So the library turns that cache off there; where it stays
+  on, the cache is warm in the second process, and every checkpoint must still be the state
+  it was given."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = _SAVE_WHILE_TRAINING.format(tests=os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  for run in ("cold", "warm"):
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / run)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "checkpoints that changed after their save: 0" in done.stdout, (run, done.stdout)
+  if jax.__version__.startswith("0.4."):
+    assert "persistent compilation cache is off" in done.stderr

@@ -96,8 +96,7 @@ def test_fast_resize_equals_the_float32_reference_to_the_bit():
   dense_cols = np.zeros((160, 84))
   np.add.at(dense_rows, (np.arange(84)[:, None], rows[0]), rows[1])
   np.add.at(dense_cols, (cols[0], np.arange(84)[:, None]), cols[1])
-  exact = np.rint(np.einsum("ab,nbc,cd->nad", dense_rows, batch.astype(np.float64),
-                            dense_cols) * 200)
+  exact = np.rint(dense_rows @ batch.astype(np.float64) @ dense_cols * 200)
   assert np.sum(exact % 200 == 100) > 1000
 
 
