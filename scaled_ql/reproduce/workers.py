@@ -13,8 +13,8 @@ stages are done already (it only reads them), in this process, one after the oth
 fresh processes, at most n at a time, each pinned to its own core, its output in its log file.
 They are forked from a fork server that imported TensorFlow, TFDS and the library once, not
 spawned (each spawn imported them again: ~6 s of a core per job; the `test` plan's 22 jobs took
-168 s spawned and 115 s forked, with the same bytes). It returns the results in the jobs' order (the order they finish in changes nothing).
-A job that fails stops the others and raises with the tail of its log: an `errors.InputError`
+168 s spawned and 115 s forked, with the same bytes). It returns the results in the jobs'
+order (the order they finish in changes nothing). A job that fails stops the others and raises with the tail of its log: an `errors.InputError`
 as such, anything else as `WorkerError`.
 """
 from __future__ import annotations
