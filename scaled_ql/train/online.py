@@ -277,6 +277,7 @@ def train_online(config, workdir: str, *, initial_params=None, meta_extra=None):
     hooks.close()  # Also when the loop never started (a server is up from `batches`).
   env_steps = hooks.runtime.env_steps() if hooks.runtime is not None else 0
   returns = [r for _, r in online_log.read_online_returns(workdir)]
-  print(f"online: {env_steps:,} env steps, {len(returns)} episodes, mean return of the last "
-        f"20: {np.mean(returns[-20:]) if returns else float('nan'):.2f}", flush=True)
+  tail = (f"mean return of the last {min(20, len(returns))}: {np.mean(returns[-20:]):.2f}"
+          if returns else "no episode ended yet")
+  print(f"online: {env_steps:,} env steps, {len(returns)} episodes, {tail}", flush=True)
   return result._replace(last_metrics=dict(result.last_metrics, env_steps=env_steps))
