@@ -92,11 +92,10 @@ test:
 	@$(MAKE) --no-print-directory versions
 	@rc=0; $(MAKE) --no-print-directory test-pinned || rc=1; \
 	echo "== wheel check, beside the current stack's suite (its output: $(WHEEL_LOG))"; \
-	( $(MAKE) --no-print-directory wheel-check > $(WHEEL_LOG) 2>&1; echo $$? > $(WHEEL_LOG).rc ) & \
+	$(MAKE) --no-print-directory wheel-check > $(WHEEL_LOG) 2>&1 & wheel=$$!; \
 	$(MAKE) --no-print-directory test-current || rc=1; \
-	wait; echo; echo "== wheel check ($(WHEEL_LOG))"; cat $(WHEEL_LOG); \
-	[ "$$(cat $(WHEEL_LOG).rc)" = 0 ] || { echo "wheel check FAILED" >&2; rc=1; }; \
-	rm -f $(WHEEL_LOG).rc; exit $$rc
+	wait $$wheel; wheel_rc=$$?; echo; echo "== wheel check ($(WHEEL_LOG))"; cat $(WHEEL_LOG); \
+	[ $$wheel_rc = 0 ] || { echo "wheel check FAILED" >&2; rc=1; }; exit $$rc
 
 versions: $(STAMP) $(STAMP_CURRENT)
 	@$(PY) tests/versions.py "pinned stack (.venv)"

@@ -76,7 +76,6 @@ def test_non_finite_parameters_are_never_checkpointed(tmp_path):
   ckpt.close()
 
 
-
 _SAVE_WHILE_TRAINING = """
 import sys, jax, numpy as np
 sys.path.insert(0, {tests!r})

@@ -14,8 +14,8 @@ fresh processes, at most n at a time, each pinned to its own core, its output in
 They are forked from a fork server that imported TensorFlow, TFDS and the library once, not
 spawned (each spawn imported them again: ~6 s of a core per job; the `test` plan's 22 jobs took
 168 s spawned and 115 s forked, with the same bytes). It returns the results in the jobs'
-order (the order they finish in changes nothing). A job that fails stops the others and raises with the tail of its log: an `errors.InputError`
-as such, anything else as `WorkerError`.
+order (the order they finish in changes nothing). A job that fails stops the others and raises
+with the tail of its log: an `errors.InputError` as such, anything else as `WorkerError`.
 """
 from __future__ import annotations
 
