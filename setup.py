@@ -8,8 +8,8 @@ Ranges, not one stack. Two stacks are tested (BUILD_NOTES.md, "Two stacks"):
 - current: `pip install -e '.[data,test]'` on Python 3.12: today's JAX, flax, optax, Orbax,
   numpy 2 and TensorFlow/TFDS (for RLDS data only). Accelerators add `jax[cuda12]`,
   `jax[cuda13]` or `jax[tpu]` (extras below).
-The core needs no TensorFlow: in-memory or emulator data, training, evaluation and export run
-without the `data` extra.
+The core needs no TensorFlow: in-memory or emulator data, reading RLDS datasets (ours and
+prepared rlu_atari* folders), training, evaluation and export run without the `data` extra.
 """
 from setuptools import find_packages, setup
 
@@ -38,10 +38,16 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.15",
     "tensorboardX>=2.6",
     "tqdm>=4.66",
+    # Reading RLDS datasets without TensorFlow (scaled_ql.data.rlds.records): TFRecord's CRC32C
+    # checks, and PNG frames other than our own unfiltered ones.
+    "google-crc32c>=1.5",
+    "pillow>=10",
 ]
 
 EXTRAS_REQUIRE = {
-    # Reading and writing RLDS/TFDS datasets (ours, RL Unplugged, DQN Replay conversion).
+    # Writing RLDS/TFDS datasets (ours, DQN Replay conversion), and reading folders whose TFDS
+    # metadata is in an older layout (read by TFDS itself). Reading ours and prepared rlu_atari*
+    # folders needs none of it.
     "data": [
         "tensorflow-cpu>=2.15",  # data only, never compute: the CPU build takes no accelerator.
         "tensorflow-datasets>=4.9.4",

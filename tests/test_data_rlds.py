@@ -89,10 +89,84 @@ def test_round_trip_keeps_every_step(dataset, episodes):
       assert (got["discount"] == 1).all()
 
 
-def test_tensorflow_sees_no_accelerator(dataset):
-  next(rlds.read_episodes(dataset, "breakout"))
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def test_tensorflow_sees_no_accelerator():
+  tf = rlds.format._tf()  # What the writer imports.
   assert tf.config.get_visible_devices("GPU") == []
+
+
+_NO_TENSORFLOW = """
+import sys
+class Refuse:
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+      raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, Refuse())
+from scaled_ql.data import rlds
+episodes = list(rlds.read_episodes(sys.argv[1], "breakout", runs=[1], checkpoints=[1, 2]))
+stream = rlds.UniformStream(sys.argv[1], "breakout", runs=[2])
+streamed = [[e["checkpoint_id"], e["episode_id"]] for e, _ in zip(stream(0), range(4))]
+print(len(episodes), sum(len(e["observation"]) for e in episodes), streamed)
+"""
+
+
+def test_reading_needs_no_tensorflow(dataset, episodes):
+  """Reading (stored order and the uniform stream) works where TensorFlow cannot be imported."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  result = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW, str(dataset)],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  count, frames, streamed = result.stdout.split(" ", 2)
+  assert int(count) == 6 and int(frames) == sum(len(e["observation"]) for e in episodes[3:])
+  assert sorted(json.loads(streamed)) == [[0, 0], [0, 1], [0, 2], [1, 0]]  # Run 2's epoch.
+
+
+def test_records_are_read_as_tensorflow_reads_them(tmp_path):
+  """TFRecord framing, the Example wire format (negative and large int64s, floats, bytes) and
+  PNGs with adaptive filters (TensorFlow's encoder), against TensorFlow's own reading."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from scaled_ql.data.rlds import records  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (3, 84, 84), dtype=np.uint8)
+  frames[1] = np.arange(84, dtype=np.uint8)[:, None] * 3  # Rows that filters compress.
+  ints = [0, 1, 127, 128, 300, -1, -(1 << 63), (1 << 63) - 1]
+  path = str(tmp_path / "x.tfrecord")
+  want = []
+  with tf.io.TFRecordWriter(path) as writer:
+    for i in range(3):
+      feature = {
+          "b": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"", b"x" * 300 * i])),
+          "f": tf.train.Feature(float_list=tf.train.FloatList(value=[-1.5, 3e38, i])),
+          "i": tf.train.Feature(int64_list=tf.train.Int64List(value=ints[i:])),
+          "png": tf.train.Feature(bytes_list=tf.train.BytesList(
+              value=[tf.io.encode_png(frames[i][..., None]).numpy(),
+                     rlds.encode_png(frames[i])])),
+          "empty": tf.train.Feature()}
+      want.append(tf.train.Example(features=tf.train.Features(feature=feature)))
+      writer.write(want[-1].SerializeToString())
+  got = list(records.records(path))
+  assert got == [r.numpy() for r in tf.data.TFRecordDataset(path)]
+  assert list(records.records(path, skip=2)) == got[2:]
+  for i, record in enumerate(got):
+    ex = records.parse_example(record)
+    assert sorted(ex) == ["b", "empty", "f", "i", "png"]
+    assert ex["b"] == list(want[i].features.feature["b"].bytes_list.value)
+    np.testing.assert_array_equal(ex["f"], np.array([-1.5, 3e38, i], np.float32))
+    np.testing.assert_array_equal(ex["i"], np.array(ints[i:], np.int64))
+    assert ex["empty"].size == 0
+    for png in ex["png"]:
+      np.testing.assert_array_equal(records.decode_png(png), frames[i])
+  # A flipped bit anywhere in a record is found by its CRCs.
+  raw = bytearray(open(path, "rb").read())
+  for at in (3, 9, len(raw) // 2):
+    bad = bytearray(raw)
+    bad[at] ^= 0x10
+    open(path, "wb").write(bytes(bad))
+    with pytest.raises(records.RecordError, match="CRC mismatch"):
+      list(records.records(path))
+  with pytest.raises(records.RecordError, match="corrupt PNG frame"):
+    records.decode_png(rlds.encode_png(frames[0])[:-30])
 
 
 def test_tfds_reads_our_folders(dataset, episodes):
@@ -132,6 +206,10 @@ def test_serialization_is_what_tfds_writes(episodes):
   # PNG bytes differ (our encoder is faster and smaller); the pixels do not.
   for x, y in zip(a["steps/observation"].bytes_list.value, b["steps/observation"].bytes_list.value):
     np.testing.assert_array_equal(tf.io.decode_png(x).numpy(), tf.io.decode_png(y).numpy())
+  # Our reader reads TFDS's record (its PNGs by Pillow) as the episode.
+  from scaled_ql.data.rlds import reader  # pylint: disable=g-import-not-at-top
+  _assert_same(reader.parse_episode(theirs, None), episode)
+  assert reader.parse_episode(theirs, frozenset([episode["checkpoint_id"] + 1])) is None
 
 
 def test_checkpoint_selection(dataset, episodes):

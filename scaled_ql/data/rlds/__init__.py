@@ -1,9 +1,11 @@
 """Atari episodes on disk: RLDS in TFDS folders, the format of RL Unplugged's `rlu_atari*`.
 
 - `format`: the features, names (configs, checkpoint splits), episode dicts and errors, and the
-  lazy import of TensorFlow kept off accelerators;
+  lazy import of TensorFlow (writing only) kept off accelerators;
 - `writer`: `EpisodeWriter`, atomic and incremental, PNG frames in size-capped shards;
 - `sources`: `find_sources`, the datasets, runs and splits of a game on disk, checked up front;
+- `records`: TFRecord framing (CRC-checked), `tf.train.Example` and PNG decoding without
+  TensorFlow, what the readers below use;
 - `reader`: `read_episodes`, a host's share of a selection in stored (time) order, lazily, from
   our datasets and from prepared `rlu_atari`, `rlu_atari_checkpoints` and
   `rlu_atari_checkpoints_ordered` folders;

@@ -28,9 +28,9 @@ data) has is_terminal all False. Discounts follow RL Unplugged's conversion: 1 e
 the last transition and the last step of a terminated episode, which get 0.
 
 This module holds the format itself (features, names, episode dicts, errors) and the lazy,
-accelerator-free import of TensorFlow that the writer and the reader share: TensorFlow is
-imported only by the functions that need it and is never allowed to see an accelerator (JAX
-owns those).
+accelerator-free import of TensorFlow for the writer (and for metadata layouts only TFDS reads):
+TensorFlow is imported only by the functions that need it and is never allowed to see an
+accelerator (JAX owns those). Reading needs no TensorFlow (`records`).
 """
 from __future__ import annotations
 

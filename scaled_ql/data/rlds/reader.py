@@ -1,23 +1,27 @@
 """Reading episodes: a host's share of a selection (runs, checkpoints) planned into read tasks
-(record ranges of shard files), parsed and PNG-decoded by one tf.data pipeline, yielded lazily."""
+(record ranges of shard files), parsed and PNG-decoded on a few threads without TensorFlow
+(`records`), yielded lazily in order."""
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
-import functools
 import itertools
 import os
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from scaled_ql.data.rlds import records
 from scaled_ql.data.rlds.format import (_CHECKPOINT_SPLIT_RE, STEP_KEYS, CheckpointSelection,
-                                        CorruptDataError, DatasetError, _tf, _tfds)
+                                        CorruptDataError, DatasetError)
+from scaled_ql.data.rlds.records import RecordError
 from scaled_ql.data.rlds.sources import (DatasetSource, _as_int, _checkpoint_set,
                                          find_sources)
 from scaled_ql.frames import FRAME_SHAPE
 from scaled_ql.games import Game
 
-_DEFAULT_PARALLELISM = 2  # Episodes parsed and decoded concurrently by read_episodes.
+_DEFAULT_PARALLELISM = 2  # Threads parsing and decoding episodes in read_episodes.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,21 +41,18 @@ def _plan(sources: Sequence[DatasetSource], wanted: Optional[frozenset[int]], sh
   see every checkpoint (quality level) in the same proportion, and small splits do not all land
   on one host.
   """
-  tfds = _tfds()
   tasks = []
   j = 0
   for source in sources:
-    builder = tfds.builder_from_directory(source.path)
-    for split, num_episodes in source.split_lengths:
+    for (split, num_episodes), shards in zip(source.split_lengths, source.split_shards):
       if wanted is not None and source.split_by_checkpoint:
         if int(_CHECKPOINT_SPLIT_RE.match(split)["id"]) not in wanted:
           continue
       block = (shard_index + j) % num_shards
       j += 1
       lo, hi = num_episodes * block // num_shards, num_episodes * (block + 1) // num_shards
-      info = builder.info.splits[split]
       start = 0
-      for path, length in zip(info.filepaths, info.shard_lengths):
+      for path, length in shards:
         a, b = max(lo, start), min(hi, start + length)
         if a < b:
           tasks.append((source, _ReadTask(os.fspath(path), a - start, b - a)))
@@ -64,166 +65,114 @@ def _plan(sources: Sequence[DatasetSource], wanted: Optional[frozenset[int]], sh
   return tasks
 
 
-@functools.lru_cache(maxsize=None)
-def _parse_spec():
-  tf = _tf()
+def _scalar(ex: dict, key: str, kind):
+  values = ex.get(key)
+  if not isinstance(values, np.ndarray) or values.dtype != kind or values.shape != (1,):
+    raise RecordError(f"{key} is not one {np.dtype(kind).name} value")
+  return values[0]
 
-  def seq(dtype):
-    return tf.io.FixedLenSequenceFeature([], dtype, allow_missing=True)
 
+def _steps(ex: dict, key: str, kind) -> np.ndarray:
+  values = ex.get(key, np.zeros(0, kind))  # Missing: no values (TF's allow_missing).
+  if isinstance(values, np.ndarray) and not values.size:
+    return values.astype(kind)
+  if not isinstance(values, np.ndarray) or values.dtype != kind:
+    raise RecordError(f"{key} is not a list of {np.dtype(kind).name}")
+  return values
+
+
+def parse_episode(record: bytes, wanted: Optional[frozenset[int]]) -> Optional[dict[str, Any]]:
+  """One serialized episode -> its arrays and metadata, frames decoded; None where its
+  checkpoint_id is not in `wanted` (rlu_atari's metadata filter; then no frame is decoded).
+  Raises RecordError where the record is not an episode."""
+  ex = records.parse_example(record)
+  checkpoint_id = int(_scalar(ex, "checkpoint_id", np.int64))
+  if wanted is not None and checkpoint_id not in wanted:
+    return None
+  pngs = ex.get("steps/observation", [])
+  if not isinstance(pngs, list):
+    raise RecordError("steps/observation is not a list of encoded images")
+  observation = (np.stack([records.decode_png(png) for png in pngs]) if pngs else
+                 np.zeros((0, *FRAME_SHAPE), np.uint8))
   return {
-      "steps/observation": seq(tf.string), "steps/action": seq(tf.int64),
-      "steps/reward": seq(tf.float32), "steps/discount": seq(tf.float32),
-      "steps/is_first": seq(tf.int64), "steps/is_last": seq(tf.int64),
-      "steps/is_terminal": seq(tf.int64),
-      "checkpoint_id": tf.io.FixedLenFeature([], tf.int64),
-      "episode_id": tf.io.FixedLenFeature([], tf.int64),
-      "episode_return": tf.io.FixedLenFeature([], tf.float32),
+      "observation": observation,
+      "action": _steps(ex, "steps/action", np.int64).astype(np.int32),
+      "reward": _steps(ex, "steps/reward", np.float32),
+      "discount": _steps(ex, "steps/discount", np.float32),
+      **{k: _steps(ex, f"steps/{k}", np.int64).astype(bool)
+         for k in ("is_first", "is_last", "is_terminal")},
+      "checkpoint_id": checkpoint_id,
+      "episode_id": int(_scalar(ex, "episode_id", np.int64)),
+      "episode_return": np.float32(_scalar(ex, "episode_return", np.float32)),
   }
 
 
-def parse_record(record, wanted_ids, filter_ids: bool):
-  """TF ops: one serialized episode -> (keep, parsed features with decoded frames).
-
-  Episodes whose checkpoint_id is not in `wanted_ids` (when `filter_ids`: rlu_atari's metadata
-  filter) get keep=False and no decoded frames.
-  """
-  tf = _tf()
-  ex = tf.io.parse_single_example(record, _parse_spec())
-  keep = (tf.reduce_any(tf.equal(ex["checkpoint_id"], wanted_ids)) if filter_ids
-          else tf.constant(True))
-  pngs = ex.pop("steps/observation")
-
-  def decode_pngs():
-    return tf.map_fn(lambda png: tf.io.decode_png(png, channels=1), pngs,
-                     fn_output_signature=tf.TensorSpec([None, None, 1], tf.uint8),
-                     parallel_iterations=16)
-
-  ex["steps/observation"] = tf.cond(
-      keep, decode_pngs, lambda: tf.zeros([0, *FRAME_SHAPE, 1], tf.uint8))
-  ex["steps/action"] = tf.cast(ex["steps/action"], tf.int32)
-  for k in ("is_first", "is_last", "is_terminal"):
-    ex[f"steps/{k}"] = tf.cast(ex[f"steps/{k}"], tf.bool)
-  return keep, ex
-
-
-def _episodes_dataset(tasks: Sequence[_ReadTask], wanted: Optional[frozenset[int]],
-                      parallelism: Optional[int]):
-  """One tf.data pipeline over `tasks`: records -> (task index, keep, parsed + decoded episode).
-
-  One pipeline for all files (not one per file) so that building it (tracing) happens once and
-  decoding runs ahead across file boundaries. Episodes outside `wanted` (rlu_atari's metadata
-  filter) come through with keep=False and undecoded frames, so every record is still counted.
-  """
-  tf = _tf()
-  # Episodes decoded at once. Bounded, not AUTOTUNE: a decoded episode can be ~200 MB (27k
-  # frames), so memory is about (calls + prefetch) episodes; the frames of one episode are
-  # decoded in parallel anyway (map_fn's parallel_iterations).
-  calls = _DEFAULT_PARALLELISM if parallelism is None else parallelism
-  wanted_ids = tf.constant(sorted(wanted) if wanted is not None else [], tf.int64)
-  filter_ids = wanted is not None
-
-  def records(index, filename, skip, take):
-    ds = tf.data.TFRecordDataset(filename, buffer_size=8 << 20).skip(skip).take(take)
-    return ds.map(lambda record: (index, record))
-
-  def parse(index, record):
-    keep, ex = parse_record(record, wanted_ids, filter_ids)
-    return index, keep, ex
-
-  ds = tf.data.Dataset.from_tensor_slices((
-      tf.range(len(tasks), dtype=tf.int64), [t.filename for t in tasks],
-      tf.constant([t.skip for t in tasks], tf.int64), tf.constant([t.take for t in tasks],
-                                                                  tf.int64)))
-  ds = ds.flat_map(records)
-  ds = ds.map(parse, num_parallel_calls=calls, deterministic=True)
-  ds = ds.prefetch(1)
-  options = tf.data.Options()
-  options.deterministic = True
-  if parallelism is not None:
-    options.threading.private_threadpool_size = parallelism
-    options.threading.max_intra_op_parallelism = 1
-  return ds.with_options(options)
-
-
-def _to_episode(ex, task, source: DatasetSource) -> dict[str, Any]:
-  obs = ex["steps/observation"].numpy()
-  num_steps = obs.shape[0]
-  episode_id = int(ex["episode_id"])
-  if obs.shape[1:] != (*FRAME_SHAPE, 1) or num_steps < 1:
-    raise DatasetError(f"{task.filename}: episode {episode_id} has frames of shape "
-                       f"{obs.shape[1:]} (expected 84x84x1) or no steps.")
-  episode = {
-      "observation": obs.reshape(num_steps, *FRAME_SHAPE),
-      "action": ex["steps/action"].numpy(),
-      "reward": ex["steps/reward"].numpy(),
-      "discount": ex["steps/discount"].numpy(),
-      "is_first": ex["steps/is_first"].numpy(),
-      "is_last": ex["steps/is_last"].numpy(),
-      "is_terminal": ex["steps/is_terminal"].numpy(),
-      "game": source.game.name,
-      "run": source.run,
-      "checkpoint_id": int(ex["checkpoint_id"]),
-      "episode_id": episode_id,
-      "episode_return": np.float32(ex["episode_return"].numpy()),
-      "dataset": source.dataset_name,
-  }
+def read_episode(record: bytes, record_index: int, wanted: Optional[frozenset[int]],
+                 task: _ReadTask, source: DatasetSource) -> Optional[dict[str, Any]]:
+  """`parse_episode`, checked, with the source's fields added; errors name the file."""
+  try:
+    episode = parse_episode(record, wanted)
+  except RecordError as e:
+    raise CorruptDataError(f"{task.filename}: record {record_index} is not a readable episode: "
+                           f"{e}") from e
+  if episode is None:
+    return None
+  num_steps = len(episode["observation"])
+  if num_steps < 1:
+    raise DatasetError(f"{task.filename}: episode {episode['episode_id']} has no steps.")
   for key in STEP_KEYS[1:]:
     if episode[key].shape != (num_steps,):
-      raise DatasetError(f"{task.filename}: episode {episode_id} has {num_steps} observations "
-                         f"but {episode[key].shape[0]} values of {key}.")
+      raise DatasetError(f"{task.filename}: episode {episode['episode_id']} has {num_steps} "
+                         f"observations but {episode[key].shape[0]} values of {key}.")
+  episode.update(game=source.game.name, run=source.run, dataset=source.dataset_name)
   return episode
 
 
-def _check_count(task: _ReadTask, count: int) -> None:
+def _corrupt(task: _ReadTask, record_index: int, error: Exception) -> CorruptDataError:
+  return CorruptDataError(f"{task.filename}: corrupt or unreadable TFRecord data at record "
+                          f"{record_index}: {error}")
+
+
+def _task_records(task: _ReadTask) -> Iterator[tuple[int, bytes]]:
+  """(record index, record) of a task, checked: CRCs, and as many records as promised."""
+  count = 0
+  try:
+    for record in records.records(task.filename, task.skip):
+      if count == task.take:
+        return
+      yield task.skip + count, record
+      count += 1
+  except (RecordError, OSError) as e:
+    raise _corrupt(task, task.skip + count, e) from e
   if count != task.take:
     raise CorruptDataError(f"{task.filename}: holds {task.skip + count} episodes where "
-                       f"dataset_info.json promises at least {task.skip + task.take}; the file "
-                       "is truncated.")
-
-
-def _find_bad_file(tasks: Sequence[_ReadTask], wanted, parallelism) -> Optional[str]:
-  """After a read error: re-reads tasks one file at a time and returns the failing one's error."""
-  tf = _tf()
-  for task in tasks:
-    try:
-      count = sum(1 for _ in _episodes_dataset([task], wanted, parallelism))
-    except tf.errors.OpError as e:
-      return f"{task.filename}: corrupt or unreadable TFRecord data: {e.message}"
-    if count != task.take:
-      return (f"{task.filename}: holds fewer episodes than dataset_info.json promises; the "
-              "file is truncated.")
-  return None
+                           f"dataset_info.json promises at least {task.skip + task.take}; the "
+                           "file is truncated.")
 
 
 def _iterate(tasks: Sequence[tuple[DatasetSource, _ReadTask]], wanted,
              parallelism) -> Iterator[dict[str, Any]]:
-  tf = _tf()
+  """The tasks' episodes in order: records read here, parsed and decoded on `parallelism`
+  threads, at most 2 x parallelism + 1 ahead."""
   if not tasks:
     return
-  read_tasks = [t for _, t in tasks]
-  iterator = iter(_episodes_dataset(read_tasks, wanted, parallelism))
-  current, count = 0, 0
-  while True:
+  threads = _DEFAULT_PARALLELISM if parallelism is None else parallelism
+  with concurrent.futures.ThreadPoolExecutor(threads, "read-episodes") as pool:
+    pending, error = collections.deque(), None
     try:
-      index, keep, ex = next(iterator)
-    except StopIteration:
-      break
-    except tf.errors.OpError as e:
-      message = _find_bad_file(read_tasks[current:], wanted, parallelism)
-      raise CorruptDataError(message or f"reading {read_tasks[current].filename} or a later "
-                             f"file failed: {e.message}") from e
-    index = int(index)
-    while current < index:  # Finished the tasks before `index`: check what they held.
-      _check_count(read_tasks[current], count)
-      current, count = current + 1, 0
-    count += 1
-    if bool(keep):
-      source, task = tasks[index]
-      yield _to_episode(ex, task, source)
-  while current < len(read_tasks):
-    _check_count(read_tasks[current], count)
-    current, count = current + 1, 0
+      for source, task in tasks:
+        for index, record in _task_records(task):
+          pending.append(pool.submit(read_episode, record, index, wanted, task, source))
+          while len(pending) > 2 * threads:
+            if (episode := pending.popleft().result()) is not None:
+              yield episode
+    except CorruptDataError as e:
+      error = e  # Raised after the episodes read before it.
+    while pending:
+      if (episode := pending.popleft().result()) is not None:
+        yield episode
+    if error is not None:
+      raise error
 
 
 def check_selection(data_dir: str, game: Union[str, Game], *,
@@ -276,9 +225,8 @@ def read_episodes(data_dir: str, game: Union[str, Game], *,
     runs: run numbers (None: every run on disk).
     shard_index, num_shards: this host's share; the shares are disjoint and cover the selection.
     dataset: the dataset name, where several under data_dir hold the game.
-    parallelism: episodes parsed and decoded concurrently, and with a number the size of a
-      private thread pool for it (None: 2 episodes, TF's shared thread pool); memory holds
-      about parallelism + 2 decoded episodes.
+    parallelism: threads parsing and decoding episodes (None: 2); memory holds about
+      2 x parallelism + 1 decoded episodes.
     start: skip the first `start` episodes of this selection: whole files and records are
       skipped without decoding (where the selection is one per-checkpoint split per file, as in
       ours and rlu_atari_checkpoints*), so resuming a stream deep into a dataset is cheap.

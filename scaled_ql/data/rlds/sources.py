@@ -1,5 +1,10 @@
 """Finding and opening the dataset folders of a game: which datasets, runs and checkpoint splits
-are on disk, checked against the episode features before anything is read."""
+are on disk, checked against the episode features before anything is read.
+
+The TFDS metadata (dataset_info.json: splits, shard lengths, file names; features.json: the
+features) are read as JSON, without TensorFlow. A folder whose metadata this does not know (a
+TFDS release's older layout, another file-name template) is opened by TFDS itself instead
+(`tfds.builder_from_directory`, the `data` extra)."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +30,8 @@ class DatasetSource:
   game: Game
   run: int
   split_lengths: tuple[tuple[str, int], ...]  # (split name, episodes) in split order.
+  # Per split (same order): its shard files and their episodes, in order.
+  split_shards: tuple[tuple[tuple[str, int], ...], ...] = ()
 
   @property
   def split_by_checkpoint(self) -> bool:
@@ -49,14 +56,89 @@ class DatasetSource:
     return sum(n for _, n in self.split_lengths)
 
 
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")  # TFDS versions: MAJOR.MINOR.PATCH.
+_TEMPLATE_FIELD_RE = re.compile(r"{(\w+)}")
+_DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"  # TFDS's default.
+
+
 def _latest_version_dir(config_dir: str) -> Optional[str]:
-  tfds = _tfds()
   versions = [d for d in os.listdir(config_dir)
-              if tfds.core.Version.is_valid(d)
+              if _VERSION_RE.match(d)
               and os.path.isfile(os.path.join(config_dir, d, "dataset_info.json"))]
   if not versions:
     return None
-  return os.path.join(config_dir, max(versions, key=tfds.core.Version))
+  return os.path.join(config_dir, max(
+      versions, key=lambda v: tuple(int(x) for x in _VERSION_RE.match(v).groups())))
+
+
+def _serialized_features(tree) -> Optional[dict[str, tuple[str, tuple]]]:
+  """{flat key: (dtype, shape)} as TFDS serializes the features of a features.json tree (its
+  proto JSON), or None where a feature is of a kind this does not know."""
+  kind = tree.get("pythonClassName", "").rsplit(".", 1)[-1]
+  if "featuresDict" in tree:
+    out = {}
+    for key, child in tree["featuresDict"].get("features", {}).items():
+      inner = _serialized_features(child)
+      if inner is None:
+        return None
+      out.update({(f"{key}/{k}" if k else key): v for k, v in inner.items()})
+    return out
+  if "sequence" in tree:  # Dataset / Sequence: one more leading dimension.
+    length = int(tree["sequence"].get("length", -1))
+    inner = _serialized_features(tree["sequence"].get("feature", {}))
+    if inner is None:
+      return None
+    return {k: (d, (None if length < 0 else length, *s)) for k, (d, s) in inner.items()}
+  if "image" in tree:  # Stored encoded: one string per image.
+    return {"": ("string", ())}
+  if "tensor" in tree and kind in ("Tensor", "Scalar") and \
+      tree["tensor"].get("encoding", "none") == "none":
+    dims = tree["tensor"].get("shape", {}).get("dimensions", [])
+    return {"": (tree["tensor"]["dtype"], tuple(None if int(d) < 0 else int(d) for d in dims))}
+  return None
+
+
+def _shard_files(version_dir: str, info: dict) -> Optional[tuple]:
+  """((split, episodes), ...) and per split ((file, episodes), ...) from dataset_info.json, or
+  None where it lacks what that needs (an older TFDS layout)."""
+  name, file_format = info.get("name"), info.get("fileFormat", "tfrecord")
+  if not name or not isinstance(info.get("splits"), list):
+    return None
+  lengths, shards = [], []
+  for split in info["splits"]:
+    if "shardLengths" not in split or "name" not in split:
+      return None
+    counts = [int(n) for n in split["shardLengths"]]
+    template = split.get("filepathTemplate") or _DEFAULT_TEMPLATE
+    if set(_TEMPLATE_FIELD_RE.findall(template)) - {"DATASET", "SPLIT", "FILEFORMAT",
+                                                    "SHARD_X_OF_Y", "SHARD_INDEX",
+                                                    "NUM_SHARDS"}:
+      return None
+    files = []
+    for i, count in enumerate(counts):
+      fields = dict(DATASET=name, SPLIT=split["name"], FILEFORMAT=file_format,
+                    SHARD_X_OF_Y=f"{i:05d}-of-{len(counts):05d}", SHARD_INDEX=f"{i:05d}",
+                    NUM_SHARDS=f"{len(counts):05d}")
+      path = _TEMPLATE_FIELD_RE.sub(lambda m, f=fields: f[m[1]], template)
+      files.append((os.path.join(version_dir, path), count))
+    lengths.append((split["name"], sum(counts)))
+    shards.append(tuple(files))
+  return tuple(lengths), tuple(shards)
+
+
+def _metadata_by_tfds(version_dir: str) -> tuple[dict, tuple, tuple]:
+  """What `_open_source` needs, from TFDS itself (metadata layouts the JSON path does not know)."""
+  try:
+    builder = _tfds().builder_from_directory(version_dir)
+    serialized = builder.info.features.get_serialized_info()
+  except Exception as e:  # pylint: disable=broad-except
+    raise DatasetError(f"{version_dir}: TFDS cannot open this dataset: {e}") from e
+  found = {key: (v.tf_dtype.name, tuple(v.shape)) for key, v in _flatten(serialized).items()}
+  splits = builder.info.splits.values()
+  lengths = tuple((s.name, int(s.num_examples)) for s in splits)
+  shards = tuple(tuple((os.fspath(p), int(n)) for p, n in zip(s.filepaths, s.shard_lengths))
+                 for s in splits)
+  return found, lengths, shards
 
 
 def _candidate_dataset_dirs(data_dir: str, ale_name: str) -> list[str]:
@@ -86,12 +168,15 @@ def _open_source(config_dir: str, game: Game, run: int) -> DatasetSource:
       info = json.load(f)
   except (OSError, ValueError) as e:
     raise DatasetError(f"{info_path}: unreadable dataset_info.json ({e}).") from e
+  found, shard_files = None, _shard_files(version_dir, info)
   try:
-    builder = _tfds().builder_from_directory(version_dir)
-    serialized = builder.info.features.get_serialized_info()
-  except Exception as e:  # pylint: disable=broad-except
-    raise DatasetError(f"{version_dir}: TFDS cannot open this dataset: {e}") from e
-  found = {key: (v.tf_dtype.name, tuple(v.shape)) for key, v in _flatten(serialized).items()}
+    with open(os.path.join(version_dir, "features.json")) as f:
+      found = _serialized_features(json.load(f))
+  except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    pass  # TFDS says what is wrong below.
+  if found is None or shard_files is None:
+    found, *shard_files = _metadata_by_tfds(version_dir)
+  split_lengths, split_shards = shard_files
   expected = _expected_serialized_info()
   if found != expected and found == {**expected, **REDUNDANT_CLIPPED_FIELDS}:
     found = expected  # An older rlu_atari* version: its clipped copies are not read.
@@ -107,17 +192,17 @@ def _open_source(config_dir: str, game: Game, run: int) -> DatasetSource:
           "(or rlu_atari_checkpoints_ordered:1.1.0), and point data_dir at it.")
     raise DatasetError(f"{version_dir}/features.json: not the rlu_atari episode features "
                        f"(differences: {diff}).")
-  splits = tuple((s.name, int(s.num_examples)) for s in builder.info.splits.values())
-  if not splits:
+  if not split_lengths:
     raise DatasetError(f"{info_path}: the dataset has no splits.")
-  names = [s for s, _ in splits]
+  names = [s for s, _ in split_lengths]
   if not (all(_CHECKPOINT_SPLIT_RE.match(s) for s in names) or names == [TRAIN_SPLIT]):
     raise DatasetError(f"{info_path}: splits {names} are neither 'checkpoint_NN' splits nor a "
                        "single 'train' split.")
-  splits = tuple(sorted(splits, key=lambda s: _split_order(s[0])))
+  order = sorted(range(len(names)), key=lambda i: _split_order(names[i]))
   return DatasetSource(path=version_dir, dataset_name=info.get("name") or
                        os.path.basename(os.path.dirname(config_dir)),
-                       game=game, run=run, split_lengths=splits)
+                       game=game, run=run, split_lengths=tuple(split_lengths[i] for i in order),
+                       split_shards=tuple(split_shards[i] for i in order))
 
 
 def _flatten(tree, prefix=""):

@@ -21,39 +21,27 @@ position and `stream(p)` continues from exactly there: the units' read cursors a
 the schedule, and the record offsets from the shard files' record headers (12 bytes each,
 scanned once per file), so resuming reads no frames it does not return. Records are read by byte
 offset (TFRecord random access, CRC-checked) and parsed and PNG-decoded on a few threads, in
-stream order. Files outside the selection are never opened.
+stream order, without TensorFlow (`records`). Files outside the selection are never opened.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import functools
-import struct
 import threading
 import zlib
 from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-from scaled_ql.data.rlds.format import (CheckpointSelection, CorruptDataError, DatasetError,
-                                        _tf)
-from scaled_ql.data.rlds.reader import (_DEFAULT_PARALLELISM, _plan, _to_episode, check_selection,
-                                        parse_record)
+from scaled_ql.data.rlds import records
+from scaled_ql.data.rlds.format import CheckpointSelection, CorruptDataError, DatasetError
+from scaled_ql.data.rlds.reader import (_DEFAULT_PARALLELISM, _corrupt, _plan, check_selection,
+                                        read_episode)
 from scaled_ql.data.rlds.sources import DatasetSource
 from scaled_ql.games import Game, get_game
 
-_HEADER = struct.Struct("<QI")  # A TFRecord: length, masked CRC of length, data, masked CRC.
+_HEADER = records.HEADER
 _OPEN_FILES = 16  # Shard files each reading thread keeps open.
-
-
-@functools.lru_cache(maxsize=None)
-def _parser(filter_ids: bool):
-  """The record parser, traced once per process and filter mode (one per stream instance would
-  retrace for every game and resume, which TensorFlow warns about)."""
-  tf = _tf()
-  return tf.function(lambda record, wanted: parse_record(record, wanted, filter_ids),
-                     input_signature=[tf.TensorSpec([], tf.string),
-                                      tf.TensorSpec([None], tf.int64)], autograph=False)
 
 
 class UniformStream:
@@ -120,8 +108,7 @@ class UniformStream:
     offsets = self._offsets.setdefault(filename, [0])
     if index < len(offsets):
       return offsets[index]
-    tf = _tf()
-    with tf.io.gfile.GFile(filename, "rb") as f:
+    with open(filename, "rb") as f:
       f.seek(offsets[-1])
       while len(offsets) <= index:
         header = f.read(_HEADER.size)
@@ -134,44 +121,31 @@ class UniformStream:
         f.seek(offsets[-1])
     return offsets[index]
 
-  @functools.cached_property
-  def _decode(self):
-    tf = _tf()
-    wanted_ids = tf.constant(sorted(self._wanted) if self._filter else [], tf.int64)
-    parse = _parser(self._filter)
-    return lambda record: parse(record, wanted_ids)
-
   def _read(self, local: threading.local, unit: int, within: int, position: int):
     """Reads and decodes one record: the episode, or None where the filter drops it."""
-    tf = _tf()
     source, task = self._units[unit]
     record_index = task.skip + within
     with self._lock:
       offset = self._record_offset(task.filename, record_index)
     try:
-      # Each thread its own readers (a reader is not thread-safe), a few files open at a time.
-      readers = local.__dict__.setdefault("readers", collections.OrderedDict())
-      reader = readers.pop(task.filename, None)
-      if reader is None:
-        from tensorflow.python.lib.io import tf_record  # pylint: disable=g-import-not-at-top
-        reader = tf_record.tf_record_random_reader(task.filename)
-      readers[task.filename] = reader
-      while len(readers) > _OPEN_FILES:
-        readers.popitem(last=False)
-      record, _ = reader.read(offset)
-    except (tf.errors.OpError, IndexError, OSError) as e:
-      message = getattr(e, "message", None) or str(e)
-      raise CorruptDataError(f"{task.filename}: corrupt or unreadable TFRecord data at record "
-                             f"{record_index} (byte {offset}): {message}") from e
-    try:
-      keep, ex = self._decode(tf.constant(record))
-    except tf.errors.OpError as e:
-      raise CorruptDataError(f"{task.filename}: record {record_index} (byte {offset}) is not a "
-                             f"readable episode: {e.message}") from e
-    if not bool(keep):
-      return None
-    episode = _to_episode(ex, task, source)
-    episode["stream_position"] = position
+      # Each thread its own open files (a file position is not thread-safe), a few at a time.
+      files = local.__dict__.setdefault("files", collections.OrderedDict())
+      f = files.pop(task.filename, None)
+      if f is None:
+        f = open(task.filename, "rb")  # pylint: disable=consider-using-with
+      files[task.filename] = f
+      while len(files) > _OPEN_FILES:
+        files.popitem(last=False)[1].close()
+      f.seek(offset)
+      record = records.read_record(f)
+      if record is None:
+        raise records.RecordError("no record there (end of file)")
+    except (records.RecordError, OSError) as e:
+      raise _corrupt(task, record_index, f"(byte {offset}) {e}") from e
+    episode = read_episode(record, record_index, self._wanted if self._filter else None, task,
+                           source)
+    if episode is not None:
+      episode["stream_position"] = position
     return episode
 
   def __call__(self, start: int = 0) -> Iterator[dict[str, Any]]:
