@@ -101,13 +101,20 @@ versions: $(STAMP) $(STAMP_CURRENT)
 	@$(PY) tests/versions.py "pinned stack (.venv)"
 	@$(PY_CURRENT) tests/versions.py "current stack (.venv-current)"
 
+# The suite's processes (pytest's workers and the jobs they launch) share one JAX persistent
+# compilation cache, new for each suite and removed after it: the same small programs (the
+# tiny presets' updates, evaluation, initialisation) are compiled once, not in every job.
+JAX_CACHE_ENV = JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0.5 JAX_COMPILATION_CACHE_DIR=$$cache
+
 test-pinned: $(STAMP)
 	@$(PY) tests/versions.py "== pinned stack (.venv)"
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	cache=$$(mktemp -d); $(JAX_CACHE_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests; rc=$$?; \
+	rm -rf $$cache; exit $$rc
 
 test-current: $(STAMP_CURRENT)
 	@$(PY_CURRENT) tests/versions.py "== current stack (.venv-current)"
-	$(PY_CURRENT) -m pytest $(PYTEST_ARGS) tests
+	cache=$$(mktemp -d); $(JAX_CACHE_ENV) $(PY_CURRENT) -m pytest $(PYTEST_ARGS) tests; rc=$$?; \
+	rm -rf $$cache; exit $$rc
 
 # The package as a user installs it: a wheel of this checkout in a fresh virtualenv outside it
 # (pinned stack), running every job with the README's commands from there.
