@@ -84,6 +84,15 @@ def configure_jax() -> None:
   device and on a (data, model) mesh of 8 gets the same parameters (JAX's default from 0.5)."""
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_threefry_partitionable", True)
+  if jax.config.jax_compilation_cache_dir and jax.config.jax_enable_compilation_cache \
+      and tuple(int(x) for x in jax.__version__.split(".")[:2]) < (0, 5):
+    # JAX 0.4.34 on CPU (the pinned stack): an update read back from the persistent cache
+    # wrote into donated buffers that an asynchronous checkpoint still shared, so checkpoint
+    # 10 held step 11's parameters, or NaN (tests/test_checkpoints.py; fine with JAX 0.12).
+    jax.config.update("jax_enable_compilation_cache", False)
+    print("note: JAX's persistent compilation cache is off (JAX_COMPILATION_CACHE_DIR is set): "
+          f"with JAX {jax.__version__} on CPU its executables corrupt checkpoints taken while "
+          "training goes on. BUILD_NOTES.md, Known limits.", file=sys.stderr, flush=True)
 
 
 def start_jax(distributed: Optional[dict], encoder: str) -> None:

@@ -24,7 +24,6 @@ from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
@@ -86,11 +85,6 @@ class Checkpointer:
     if not _finite(state.params):
       raise FloatingPointError(f"refusing to checkpoint step {step}: the parameters contain NaN "
                                f"or Inf (the last good checkpoint is kept).")
-    # Orbax saves in the background from the arrays it is given, while the loop goes on
-    # donating the state to every update: give it a copy that nothing donates. Without it,
-    # JAX 0.4.34 on CPU with executables from the persistent compilation cache wrote step 11
-    # into checkpoint 10 (tests/test_checkpoints.py; BUILD_NOTES.md, Known limits).
-    state = jax.tree_util.tree_map(jnp.copy, state)
     return self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), sampler=ocp.args.JsonSave(sampler_state),
         meta=ocp.args.JsonSave(meta)), force=True)
