@@ -109,6 +109,15 @@ def start_jax(distributed: Optional[dict], encoder: str) -> None:
     f = distributed
     parallel.initialize(f["coordinator"].value, f["num_processes"].value,
                         f["process_id"].value, f["auto"].value)
+  if jax.default_backend() == "cpu" and jax.process_count() > 1 \
+      and jax.config.jax_compilation_cache_dir and jax.config.jax_enable_compilation_cache:
+    # Several CPU processes (gloo) resuming with executables from the persistent cache: JAX
+    # 0.12.1 hung before the first update, 0.4.34 aborted on heap corruption
+    # (tests/test_pretrain.py's two-process resume; BUILD_NOTES.md, Known limits).
+    jax.config.update("jax_enable_compilation_cache", False)
+    if jax.process_index() == 0:
+      print("note: JAX's persistent compilation cache is off in multi-process CPU runs (they "
+            "hang or crash with it). BUILD_NOTES.md, Known limits.", file=sys.stderr, flush=True)
   if jax.default_backend() == "cpu" and jax.process_index() == 0:
     print(f"XLA:CPU runtime: {runtime}", flush=True)
 
