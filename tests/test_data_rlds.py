@@ -155,8 +155,9 @@ def test_records_are_read_as_tensorflow_reads_them(tmp_path):
     np.testing.assert_array_equal(ex["f"], np.array([-1.5, 3e38, i], np.float32))
     np.testing.assert_array_equal(ex["i"], np.array(ints[i:], np.int64))
     assert ex["empty"].size == 0
-    for png in ex["png"]:
+    for png in ex["png"]:  # TensorFlow's PNG (by Pillow here), then ours.
       np.testing.assert_array_equal(records.decode_png(png), frames[i])
+    np.testing.assert_array_equal(records.decode_pngs(ex["png"] * 2), [frames[i]] * 4)
   # A flipped bit anywhere in a record is found by its CRCs.
   raw = bytearray(open(path, "rb").read())
   for at in (3, 9, len(raw) // 2):
@@ -165,8 +166,11 @@ def test_records_are_read_as_tensorflow_reads_them(tmp_path):
     open(path, "wb").write(bytes(bad))
     with pytest.raises(records.RecordError, match="CRC mismatch"):
       list(records.records(path))
+  for png in (rlds.encode_png(frames[0]), tf.io.encode_png(frames[0][..., None]).numpy()):
+    with pytest.raises(records.RecordError, match="corrupt PNG frame"):
+      records.decode_png(png[:-30])
   with pytest.raises(records.RecordError, match="corrupt PNG frame"):
-    records.decode_png(rlds.encode_png(frames[0])[:-30])
+    records.decode_pngs([tf.io.encode_png(frames[0][..., None]).numpy()[:-30]])
 
 
 def test_tfds_reads_our_folders(dataset, episodes):

@@ -18,7 +18,6 @@ from scaled_ql.data.rlds.format import (_CHECKPOINT_SPLIT_RE, STEP_KEYS, Checkpo
 from scaled_ql.data.rlds.records import RecordError
 from scaled_ql.data.rlds.sources import (DatasetSource, _as_int, _checkpoint_set,
                                          find_sources)
-from scaled_ql.frames import FRAME_SHAPE
 from scaled_ql.games import Game
 
 _DEFAULT_PARALLELISM = 2  # Threads parsing and decoding episodes in read_episodes.
@@ -92,8 +91,7 @@ def parse_episode(record: bytes, wanted: Optional[frozenset[int]]) -> Optional[d
   pngs = ex.get("steps/observation", [])
   if not isinstance(pngs, list):
     raise RecordError("steps/observation is not a list of encoded images")
-  observation = (np.stack([records.decode_png(png) for png in pngs]) if pngs else
-                 np.zeros((0, *FRAME_SHAPE), np.uint8))
+  observation = records.decode_pngs(pngs)
   return {
       "observation": observation,
       "action": _steps(ex, "steps/action", np.int64).astype(np.int32),

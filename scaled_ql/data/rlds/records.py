@@ -11,14 +11,16 @@ Writing stays with TensorFlow/TFDS (`writer`), which defines the format.
 - An episode is a `tf.train.Example`: Example{1: Features{1: map<string, Feature>}}, Feature a
   oneof {1: BytesList, 2: FloatList, 3: Int64List}, each a repeated field 1 (packed or not).
 - Frames are 8-bit grayscale PNGs: those our writer makes (every row unfiltered, one IDAT chunk)
-  are inflated straight into an array; any other PNG (adaptive filters, several IDAT chunks: RL
-  Unplugged's) goes through Pillow.
+  are inflated straight into an array (as fast as TensorFlow's decoder was); any other PNG
+  (adaptive filters: RL Unplugged's) is decoded by TensorFlow where it is installed (5x
+  Pillow's speed), else by Pillow.
 
 Errors are `RecordError` (a ValueError) with a message saying what is wrong; the readers add the
 file and record.
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -197,22 +199,76 @@ _OWN_IHDR = _PNG_SIGNATURE + struct.pack(">I", 13) + b"IHDR" + struct.pack(
     ">IIBBBBB", FRAME_SHAPE[1], FRAME_SHAPE[0], 8, 0, 0, 0, 0)
 
 
+def _decode_own(png: bytes) -> Optional[np.ndarray]:
+  """Our writer's PNG (IHDR, then one IDAT of unfiltered rows) -> [84, 84]; None if not one."""
+  if not png.startswith(_OWN_IHDR):
+    return None
+  pos = len(_OWN_IHDR) + 4  # IHDR's CRC.
+  (size,) = struct.unpack_from(">I", png, pos)
+  if png[pos + 4:pos + 8] != b"IDAT":
+    return None
+  try:
+    raw = zlib.decompress(png[pos + 8:pos + 8 + size])
+  except zlib.error as e:
+    raise RecordError(f"corrupt PNG frame: {e}") from e
+  rows = np.frombuffer(raw, np.uint8)
+  if rows.size != FRAME_SHAPE[0] * (FRAME_SHAPE[1] + 1):
+    return None
+  rows = rows.reshape(FRAME_SHAPE[0], FRAME_SHAPE[1] + 1)
+  if rows[:, 0].any():  # A row filtered (filter byte not 0): not ours.
+    return None
+  return rows[:, 1:]
+
+
 def decode_png(png: bytes) -> np.ndarray:
-  """An 84x84 8-bit grayscale PNG -> [84, 84] uint8."""
-  if png.startswith(_OWN_IHDR):  # Ours: IHDR (+CRC), then one IDAT of unfiltered rows.
-    pos = len(_OWN_IHDR) + 4
-    (size,) = struct.unpack_from(">I", png, pos)
-    if png[pos + 4:pos + 8] == b"IDAT":
-      try:
-        raw = zlib.decompress(png[pos + 8:pos + 8 + size])
-      except zlib.error as e:
-        raise RecordError(f"corrupt PNG frame: {e}") from e
-      rows = np.frombuffer(raw, np.uint8)
-      if rows.size == FRAME_SHAPE[0] * (FRAME_SHAPE[1] + 1):
-        rows = rows.reshape(FRAME_SHAPE[0], FRAME_SHAPE[1] + 1)
-        if not rows[:, 0].any():  # Every row's filter byte is 0 (None).
-          return rows[:, 1:]
-  return _decode_png_pillow(png)
+  """An 84x84 8-bit grayscale PNG -> [84, 84] uint8 (ours directly, any other by Pillow)."""
+  frame = _decode_own(png)
+  return _decode_png_pillow(png) if frame is None else frame
+
+
+def decode_pngs(pngs: list[bytes]) -> np.ndarray:
+  """An episode's PNGs -> [T, 84, 84] uint8. Ours are inflated directly; others (RL Unplugged's,
+  with libpng's adaptive filters) by TensorFlow where it is installed, all of them in one call
+  (~24k frames/s on a core, against Pillow's ~5k), else by Pillow."""
+  out = np.empty((len(pngs), *FRAME_SHAPE), np.uint8)
+  foreign = []
+  for i, png in enumerate(pngs):
+    frame = _decode_own(png)
+    if frame is None:
+      foreign.append(i)
+    else:
+      out[i] = frame
+  if foreign:
+    out[foreign] = _foreign_decoder()([pngs[i] for i in foreign])
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _foreign_decoder():
+  """Decodes a list of PNGs: TensorFlow's decoder, traced once, where TensorFlow is installed;
+  else Pillow, one frame at a time."""
+  try:
+    from scaled_ql.data.rlds.format import _tf  # pylint: disable=g-import-not-at-top
+    tf = _tf()
+  except ImportError:
+    return lambda pngs: np.stack([_decode_png_pillow(png) for png in pngs])
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+  def decode(pngs):
+    return tf.map_fn(lambda png: tf.io.decode_png(png, channels=1), pngs,
+                     fn_output_signature=tf.TensorSpec([None, None, 1], tf.uint8),
+                     parallel_iterations=16)
+
+  def run(pngs):
+    try:
+      frames = decode(tf.constant(pngs, tf.string)).numpy()
+    except (tf.errors.OpError, ValueError) as e:
+      raise RecordError(f"corrupt PNG frame: {getattr(e, 'message', e)}") from e
+    if frames.shape[1:] != (*FRAME_SHAPE, 1):
+      raise RecordError(f"frames of shape {frames.shape[1:]}, not 84x84x1")
+    return frames[..., 0]
+
+  return run
 
 
 def _decode_png_pillow(png: bytes) -> np.ndarray:
