@@ -47,7 +47,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # Writing RLDS/TFDS datasets (ours, DQN Replay conversion), and reading folders whose TFDS
     # metadata is in an older layout (read by TFDS itself). Reading ours and prepared rlu_atari*
-    # folders needs none of it.
+    # folders needs none of it (rlu_atari's PNG frames decode 5x faster with TensorFlow).
     "data": [
         "tensorflow-cpu>=2.15",  # data only, never compute: the CPU build takes no accelerator.
         "tensorflow-datasets>=4.9.4",
