@@ -40,7 +40,6 @@ from scaled_ql.data.rlds.reader import (_DEFAULT_PARALLELISM, _corrupt, _plan, c
 from scaled_ql.data.rlds.sources import DatasetSource
 from scaled_ql.games import Game, get_game
 
-_HEADER = records.HEADER
 _OPEN_FILES = 16  # Shard files each reading thread keeps open.
 
 
@@ -111,14 +110,11 @@ class UniformStream:
     with open(filename, "rb") as f:
       f.seek(offsets[-1])
       while len(offsets) <= index:
-        header = f.read(_HEADER.size)
-        if len(header) < _HEADER.size:
+        if not records.skip_record(f):
           raise CorruptDataError(f"{filename}: holds {len(offsets) - 1} records where "
                                  f"dataset_info.json promises at least {index + 1}; the file "
                                  "is truncated.")
-        (length, _) = _HEADER.unpack(header)
-        offsets.append(offsets[-1] + _HEADER.size + length + 4)
-        f.seek(offsets[-1])
+        offsets.append(f.tell())
     return offsets[index]
 
   def _read(self, local: threading.local, unit: int, within: int, position: int):
