@@ -28,13 +28,11 @@ INSTALL_REQUIRES = [
     # Emulator: ale-py ships the ROMs (no download at run time).
     "gymnasium>=1.0",
     "ale-py>=0.12.1",
-    # Evaluation and reports.
-    "rliable>=1.2.0",
-    "pandas>=2.1,<3",  # rliable -> arch breaks under pandas 3.
+    # Evaluation and reports: plots. (The CIs are rliable's bootstrap computed with numpy:
+    # scaled_ql/evaluation/scores.py; rliable itself is a test requirement, to compare with.)
     "matplotlib>=3.8",
-    # Metrics: clu's writers (its SummaryWriter imports tensorflow and tensorboard; TF 2.16+
-    # no longer pulls tensorboard in); TensorBoard event files without TensorFlow: tensorboardX.
-    "clu>=0.0.12",
+    # Metrics: TensorBoard event files without TensorFlow (tensorboardX), and TensorBoard to
+    # read them.
     "tensorboard>=2.15",
     "tensorboardX>=2.6",
     "tqdm>=4.66",
@@ -56,7 +54,10 @@ EXTRAS_REQUIRE = {
     # Online fine-tuning's Reverb backend: Reverb 0.14 (its last release, Python <= 3.11) and its
     # TensorFlow. The local backend (the default) needs neither.
     "online": ["dm-reverb>=0.14.0", "tensorflow-cpu>=2.15,<2.16"],
-    "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
+    # rliable: tests/test_evaluation.py checks our bootstrap against it, bit for bit
+    # (rliable -> arch breaks under pandas 3).
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "rliable>=1.2.0",
+             "pandas>=2.1,<3"],
     # ONNX export (`launch.export`): jax2tf's graph mode, then tf2onnx. Graph mode is only in
     # JAX 0.4.x, so this works on the pinned stack alone (BUILD_NOTES.md, "Export formats");
     # elsewhere launch.export says so in one line and writes the other formats.

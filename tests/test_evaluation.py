@@ -76,10 +76,64 @@ def test_aggregates_equal_rliable_called_directly():
   low, high = intervals["x"]
   for i, m in enumerate(("iqm", "median", "mean")):
     est = getattr(agg, m)
-    assert (est.low, est.high) == pytest.approx((low[i], high[i]))
+    assert (est.low, est.high) == (low[i], high[i])  # The same bits.
     assert est.low <= est.value <= est.high
   assert agg.games == tuple(returns) and agg.excluded == ()
   assert agg.episodes == min(len(r) for r in returns.values())
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_the_bootstrap_gives_rliables_bits_for_any_shape():
+  """`scores._bootstrap` is rliable's `get_interval_estimates` computed with numpy: the same
+  point estimates and CI ends, bit for bit, for matrices of runs x games and for per-game
+  episode lists of unequal lengths, with ties, one run, one game, one episode, one replication;
+  and it leaves the global np.random alone (rliable 1.2 draws from it)."""
+  from rliable import library, metrics
+
+  def rliable_metrics(m):
+    return np.array([metrics.aggregate_iqm(m), metrics.aggregate_median(m),
+                     metrics.aggregate_mean(m)])
+
+  def rliable_metrics_of_episodes(*cols):
+    return rliable_metrics(np.array([[np.mean(c) for c in cols]]))
+
+  rng = np.random.default_rng(7)
+  cases = [np.array([[0.5]]), [np.array([2.0])], np.ones((3, 4)), [np.zeros(3), np.ones(1)]]
+  for trial in range(40):
+    if trial % 2:
+      case = rng.normal(size=(int(rng.integers(1, 6)), int(rng.integers(1, 11)))) * 50
+    else:
+      case = [rng.normal(size=int(rng.integers(1, 30))) * 3
+              for _ in range(int(rng.integers(1, 9)))]
+    cases.append([np.round(c) for c in case] if trial % 3 == 0 and isinstance(case, list)
+                 else np.round(case) if trial % 3 == 0 else case)
+  for k, case in enumerate(cases):
+    reps, confidence, seed = (1, 7, 200)[k % 3], (0.95, 0.9)[k % 2], 1000 + k
+    matrix = isinstance(case, np.ndarray)
+    np.random.seed(seed)
+    points, intervals = library.get_interval_estimates(
+        {"x": case}, rliable_metrics if matrix else rliable_metrics_of_episodes, reps=reps,
+        confidence_interval_size=confidence, random_state=np.random.RandomState(seed))
+    np.random.seed(5)
+    before = np.random.get_state()[1].copy()
+    ours = scores._bootstrap(case, reps, confidence, seed)
+    assert np.array_equal(np.random.get_state()[1], before)
+    expected = [(float(points["x"][i]), float(intervals["x"][0][i]), float(intervals["x"][1][i]))
+                for i in range(3)]
+    assert [(e.value, e.low, e.high) for e in ours] == expected, (k, case)
+
+
+def test_evaluation_scores_need_no_rliable(repo):
+  """Aggregating imports neither rliable nor what it imports (arch, pandas, scipy.stats)."""
+  code = ("import sys; from scaled_ql import evaluation; "
+          "a = evaluation.aggregate({'pong': [1.0, 3.0], 'breakout': [2.0]}, reps=50); "
+          "assert a.iqm.low <= a.iqm.high; "
+          "print(sorted(m for m in ('rliable', 'arch', 'pandas', 'scipy.stats') "
+          "if m in sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -105,7 +159,7 @@ def test_aggregates_over_seeds_resample_runs_as_rliable_does():
   _, intervals = library.get_interval_estimates({"x": matrix}, fn, reps=300,
                                                 random_state=np.random.RandomState(3))
   low, high = intervals["x"]
-  assert (agg.iqm.low, agg.iqm.high) == pytest.approx((low[0], high[0]))
+  assert [(e.low, e.high) for e in (agg.iqm, agg.median, agg.mean)] == list(zip(low, high))
   assert "3 runs (training seeds)" in agg.note()
   # Three seeds whose per-game means agree, each with widely spread episodes: no seed variance
   # (a zero-width CI), where the episodes' bootstrap of one of them is wide.

@@ -1,4 +1,4 @@
-"""Scores: per-game raw and human-normalized scores, and IQM / median / mean with CIs (rliable).
+"""Scores: per-game raw and human-normalized scores, and IQM / median / mean with CIs (rliable's).
 
 Human-normalized score (HNS) = (score - random) / (human - random), with the reference scores of
 `scaled_ql.games`. Games without reference scores (Carnival, Pooyan) get raw scores only and
@@ -6,8 +6,8 @@ are left out of the normalized aggregates; `Aggregates.excluded` names them so e
 say so.
 
 Aggregates follow Agarwal et al. 2021 ("Deep RL at the Edge of the Statistical Precipice") and
-are computed by `rliable` on the [1, games] matrix of per-game mean HNS (one trained agent = one
-run; games with reference scores only), as papers report one model over many games:
+are rliable's, on the [1, games] matrix of per-game mean HNS (one trained agent = one run; games
+with reference scores only), as papers report one model over many games:
   - IQM: the mean of the middle 50% of the games' scores (rliable `aggregate_iqm`);
   - median, mean: over games (`aggregate_median`, `aggregate_mean`);
 with percentile confidence intervals from a stratified bootstrap that resamples each game's
@@ -18,12 +18,17 @@ evaluation noise of this agent. Games may have different episode counts (dataset
 `aggregate_runs` is for several trained agents of one method (training seeds): rliable's own
 setting, the [runs, games] matrix of each run's per-game mean HNS, IQM over all its entries,
 CIs from `StratifiedBootstrap` resampling the runs of each game (training-seed variance).
+
+The bootstrap is rliable's, computed here with numpy (`_bootstrap`): the same random indices and
+the same float operations, so the same bits (tests/test_evaluation.py compares with rliable
+itself), with all replications at once instead of one Python call each. Importing rliable (it
+imports arch, pandas and scipy.stats) and its loop cost every evaluation 3-5 s of CPU; this
+takes milliseconds, and rliable is only a test requirement.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -125,15 +130,21 @@ class Aggregates:
     return text
 
 
-def metrics_of(matrix: np.ndarray) -> np.ndarray:
-  """[IQM, median, mean] of a [runs, games] score matrix, by rliable."""
-  from rliable import metrics  # pylint: disable=g-import-not-at-top
-  return np.array([metrics.aggregate_iqm(matrix), metrics.aggregate_median(matrix),
-                   metrics.aggregate_mean(matrix)])
+def metrics_of(matrices: np.ndarray) -> np.ndarray:
+  """[IQM, median, mean] of a [runs, games] score matrix, as rliable's `aggregate_iqm`,
+  `aggregate_median` and `aggregate_mean` compute them; of a stack [R, runs, games]: [R, 3].
 
-
-def _metrics_of_episodes(*per_game: np.ndarray) -> np.ndarray:
-  return metrics_of(np.array([[np.mean(c) for c in per_game]]))
+  IQM: scipy's `trim_mean(proportiontocut=0.25, axis=None)`, the same partition and mean per
+  matrix, so the same bits; median and mean: of the per-game means over runs."""
+  batch = matrices[None] if matrices.ndim == 2 else matrices
+  r = batch.shape[0]
+  flat = batch.reshape(r, -1)
+  cut = int(0.25 * flat.shape[1])
+  kept = np.partition(flat, (cut, flat.shape[1] - cut - 1), axis=1)[:, cut:flat.shape[1] - cut]
+  task_means = np.mean(batch, axis=1)
+  out = np.stack([np.mean(kept, axis=1), np.median(task_means, axis=1),
+                  np.mean(task_means, axis=1)], axis=1)
+  return out[0] if matrices.ndim == 2 else out
 
 
 def normalized_by_game(returns_by_game: dict[str, Sequence[float]]
@@ -154,24 +165,35 @@ def score_matrix(returns_by_game: dict[str, Sequence[float]]) -> np.ndarray:
   return np.array([[c.mean() for c in columns]])
 
 
-def _bootstrap(scores, func, reps: int, confidence: float, seed: int):
-  """rliable's (point, (low, high)) of `func` on `scores` (a [runs, games] matrix: resample runs
-  within games; or a list of per-game arrays: resample each game's entries)."""
-  from rliable import library  # pylint: disable=g-import-not-at-top
-  # rliable 1.2's stratified bootstraps draw their indices from the global np.random (they
-  # ignore random_state), so the global generator is seeded here and restored after.
-  global_state = np.random.get_state()
-  np.random.seed(seed)
-  try:
-    with warnings.catch_warnings():  # arch's FutureWarning about RandomState.
-      warnings.simplefilter("ignore", FutureWarning)
-      points, intervals = library.get_interval_estimates(
-          {"x": scores}, func, reps=int(reps), confidence_interval_size=confidence,
-          random_state=np.random.RandomState(seed))
-  finally:
-    np.random.set_state(global_state)
-  point, (low, high) = points["x"], intervals["x"]
-  return [Estimate(float(point[i]), float(low[i]), float(high[i])) for i in range(3)]
+def _bootstrap(scores, reps: int, confidence: float, seed: int) -> list[Estimate]:
+  """rliable's `get_interval_estimates` (percentile CIs; module docstring), bit for bit, with
+  every replication's resample drawn in one call and the metrics computed for all at once.
+
+  scores: a [runs, games] matrix (`StratifiedBootstrap`: each game's runs resampled) or a list
+  of per-game arrays of episodes (`StratifiedIndependentBootstrap`: each game's episodes
+  resampled, then averaged). The indices come from `RandomState(seed)` in rliable's order (per
+  replication, per game), the percentiles from numpy as arch's `conf_int` takes them.
+  tests/test_evaluation.py checks equality with rliable itself.
+  """
+  rng = np.random.RandomState(seed)
+  if isinstance(scores, np.ndarray):
+    runs, num_games = scores.shape
+    point = metrics_of(scores)
+    rows = rng.randint(0, runs, size=(int(reps), runs, num_games))
+    values = metrics_of(scores[rows, np.arange(num_games)])
+  else:
+    columns = [np.asarray(c, np.float64).reshape(-1) for c in scores]
+    point = metrics_of(np.array([[np.mean(c) for c in columns]]))
+    sizes = [c.size for c in columns]
+    draws = rng.randint(0, np.repeat(sizes, sizes), size=(int(reps), sum(sizes)))
+    bounds = np.cumsum([0] + sizes)
+    means = np.stack([np.mean(c[draws[:, bounds[g]:bounds[g + 1]]], axis=1)
+                      for g, c in enumerate(columns)], axis=1)  # [reps, games]
+    values = metrics_of(means[:, None, :])
+  alpha = (1.0 - confidence) / 2
+  percentiles = list(100 * np.array([alpha, 1.0 - alpha]))
+  return [Estimate(float(point[i]), *(float(v) for v in np.percentile(values[:, i], percentiles)))
+          for i in range(3)]
 
 
 def aggregate(returns_by_game: dict[str, Sequence[float]], *,
@@ -184,7 +206,7 @@ def aggregate(returns_by_game: dict[str, Sequence[float]], *,
   columns, kept, excluded = normalized_by_game(returns_by_game)
   if not kept:
     return None
-  est = _bootstrap(columns, _metrics_of_episodes, reps, confidence, seed)
+  est = _bootstrap(columns, reps, confidence, seed)
   return Aggregates(*est, games=kept, excluded=excluded,
                     episodes=int(min(c.size for c in columns)), reps=int(reps),
                     confidence=float(confidence))
@@ -208,7 +230,7 @@ def aggregate_runs(runs: Sequence[dict[str, Sequence[float]]], *,
   if not kept:
     return None
   matrix = np.array([[c.mean() for c in columns] for columns, _, _ in per_run])
-  est = _bootstrap(matrix, metrics_of, reps, confidence, seed)
+  est = _bootstrap(matrix, reps, confidence, seed)
   episodes = min(c.size for columns, _, _ in per_run for c in columns)
   return Aggregates(*est, games=kept, excluded=excluded, episodes=int(episodes),
                     reps=int(reps), confidence=float(confidence), runs=len(runs))
