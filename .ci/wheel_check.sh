@@ -13,6 +13,9 @@ CONSTRAINTS="${CONSTRAINTS:-$REPO/constraints/pinned.txt}"
 WORK="$(mktemp -d /tmp/scaled_ql_wheel.XXXXXX)"
 trap '[ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 export JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2
+# Installed without byte-compiling (--no-compile), so the jobs compile what they import once
+# and keep it (Makefile, PIP_INSTALL).
+unset PYTHONDONTWRITEBYTECODE
 step() { echo; echo "== $*"; }
 
 step "wheel from $REPO"
@@ -25,7 +28,7 @@ PY="$WORK/venv/bin/python"
 "$PY" -m pip install --quiet --upgrade pip
 CONSTRAINT_ARGS=()
 [ -f "$CONSTRAINTS" ] && CONSTRAINT_ARGS=(-c "$CONSTRAINTS")
-"$PY" -m pip install --quiet "${CONSTRAINT_ARGS[@]}" "${WHEEL}[${EXTRAS}]"
+"$PY" -m pip install --quiet --no-compile "${CONSTRAINT_ARGS[@]}" "${WHEEL}[${EXTRAS}]"
 cd "$WORK"
 "$PY" - <<'PY'
 import scaled_ql, launch
