@@ -84,15 +84,24 @@ def configure_jax() -> None:
   device and on a (data, model) mesh of 8 gets the same parameters (JAX's default from 0.5)."""
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_threefry_partitionable", True)
-  if jax.config.jax_compilation_cache_dir and jax.config.jax_enable_compilation_cache \
-      and tuple(int(x) for x in jax.__version__.split(".")[:2]) < (0, 5):
+  if tuple(int(x) for x in jax.__version__.split(".")[:2]) < (0, 5):
     # JAX 0.4.34 on CPU (the pinned stack): an update read back from the persistent cache
     # wrote into donated buffers that an asynchronous checkpoint still shared, so checkpoint
     # 10 held step 11's parameters, or NaN (tests/test_checkpoints.py; fine with JAX 0.12).
-    jax.config.update("jax_enable_compilation_cache", False)
-    print("note: JAX's persistent compilation cache is off (JAX_COMPILATION_CACHE_DIR is set): "
-          f"with JAX {jax.__version__} on CPU its executables corrupt checkpoints taken while "
-          "training goes on. BUILD_NOTES.md, Known limits.", file=sys.stderr, flush=True)
+    _compilation_cache_off(
+        jax, f"(JAX_COMPILATION_CACHE_DIR is set): with JAX {jax.__version__} on CPU its "
+        "executables corrupt checkpoints taken while training goes on")
+
+
+def _compilation_cache_off(jax, why: str, say: bool = True) -> None:
+  """Turns JAX's persistent compilation cache off where it is on, with a `note:` line (`say`)
+  giving `why`."""
+  if not (jax.config.jax_compilation_cache_dir and jax.config.jax_enable_compilation_cache):
+    return
+  jax.config.update("jax_enable_compilation_cache", False)
+  if say:
+    print(f"note: JAX's persistent compilation cache is off {why}. BUILD_NOTES.md, Known "
+          "limits.", file=sys.stderr, flush=True)
 
 
 def start_jax(distributed: Optional[dict], encoder: str) -> None:
@@ -109,15 +118,12 @@ def start_jax(distributed: Optional[dict], encoder: str) -> None:
     f = distributed
     parallel.initialize(f["coordinator"].value, f["num_processes"].value,
                         f["process_id"].value, f["auto"].value)
-  if jax.default_backend() == "cpu" and jax.process_count() > 1 \
-      and jax.config.jax_compilation_cache_dir and jax.config.jax_enable_compilation_cache:
+  if jax.default_backend() == "cpu" and jax.process_count() > 1:
     # Several CPU processes (gloo) resuming with executables from the persistent cache: JAX
     # 0.12.1 hung before the first update, 0.4.34 aborted on heap corruption
     # (tests/test_pretrain.py's two-process resume; BUILD_NOTES.md, Known limits).
-    jax.config.update("jax_enable_compilation_cache", False)
-    if jax.process_index() == 0:
-      print("note: JAX's persistent compilation cache is off in multi-process CPU runs (they "
-            "hang or crash with it). BUILD_NOTES.md, Known limits.", file=sys.stderr, flush=True)
+    _compilation_cache_off(jax, "in multi-process CPU runs (they hang or crash with it)",
+                           say=jax.process_index() == 0)
   if jax.default_backend() == "cpu" and jax.process_index() == 0:
     print(f"XLA:CPU runtime: {runtime}", flush=True)
 
