@@ -17,12 +17,17 @@ python=${PYTHON:-.venv/bin/python}
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 for ((i = 0; i < n; i++)); do
+  : >"${log_dir}/scaled_ql_process_${i}.log"  # Exists before tail opens it (no race).
+done
+for ((i = 0; i < n; i++)); do
   JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=${devices}" \
     "$python" -m "$module" --coordinator_address="localhost:${port}" --num_processes="$n" \
     --process_id="$i" "$@" >"${log_dir}/scaled_ql_process_${i}.log" 2>&1 &
   pids+=($!)
 done
 tail -f "${log_dir}/scaled_ql_process_0.log" --pid="${pids[0]}" &
+tail_pid=$!
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+wait "$tail_pid" || true  # Its last lines are shown before the script returns.
 exit "$status"
