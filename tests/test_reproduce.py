@@ -89,6 +89,12 @@ def test_every_stage_and_report_file(reproduced):
   assert any(line.startswith("[pretrain/bc_low] running on core ") for line in log)
   assert os.path.getsize(os.path.join(workdir, "logs", "pretrain", "bc_low.log")) > 0
   assert os.path.exists(os.path.join(workdir, "pretrain/scaled_ql_low", "provenance.json"))
+  # Fine-tuning trains the exported network: its stages record that architecture, not the
+  # fine-tuning preset's own.
+  model_of = lambda stage: json.load(open(os.path.join(workdir, stage, reproduce.STAGE_FILE)))[
+      "settings"]["config"]["model"]
+  for stage in ("transfer/offline_pretrained", "transfer/online_scratch"):
+    assert model_of(stage) == model_of("pretrain/scaled_ql_all"), stage
   md = open(paths["markdown"]).read()
   assert "Made with JAX" in md and "XLA:CPU runtime classic, 1 CPU core(s) per job" in md
   assert "| claim | paper | here | holds at this scale? |" in md
@@ -310,7 +316,7 @@ def test_offline_pools_hold_a_whole_game_run(budget, scale):
   c = run._pretrain_config(p, "/data", "all", {}, {})
   assert c.data.pool_frames_per_game >= run_frames
   if p.finetune_offline_steps:
-    f = run._finetune_config(p, "offline", "scratch", "/data")
+    f = run._finetune_config(p, "offline", "scratch", "/data", {})
     assert f.data.pool_frames_per_game >= run_frames
 
 
@@ -319,8 +325,8 @@ def test_online_arms_explore_by_their_schedules():
   over 10%: the from-scratch arm is not a greedy random network."""
   from scaled_ql.reproduce import run
   p = reproduce.plan("default")
-  scratch = run._finetune_config(p, "online", "scratch", "/data")
-  pretrained = run._finetune_config(p, "online", "pretrained", "/data")
+  scratch = run._finetune_config(p, "online", "scratch", "/data", {})
+  pretrained = run._finetune_config(p, "online", "pretrained", "/data", {})
   assert scratch.online.epsilon_decay_steps == 2_000 and scratch.online.epsilon == 0.01
   assert pretrained.online.epsilon_decay_steps == 1_000
   assert (scratch.online.epsilon_start, pretrained.online.epsilon_start) == (1.0, 0.3)

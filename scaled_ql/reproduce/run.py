@@ -107,7 +107,7 @@ def reproduce(workdir: str, p: Plan, log: Callable[[str], None] = print,
       for init in ("pretrained", "scratch") if budget else ():
         for k in range(p.seeds):
           name = plan_lib.seed_stage(f"transfer/{mode_name}_{init}", k)
-          c = _finetune_config(p, mode_name, init, data_dir, k)
+          c = _finetune_config(p, mode_name, init, data_dir, networks[source].model, k)
           transfer_jobs.append((f"{mode_name}_{init}", job(
               name, _network_job, (p, name, c, data_sha, game_list, played, backbone),
               (name, f"eval/{name}"))))
@@ -234,9 +234,14 @@ def _pretrain_config(p: Plan, data_dir: str, split: str, loss: dict, model: dict
   return c
 
 
-def _finetune_config(p: Plan, mode: str, init: str, data_dir: str, seed_offset: int = 0):
+def _finetune_config(p: Plan, mode: str, init: str, data_dir: str, model,
+                     seed_offset: int = 0):
+  """`model`: the exported network's architecture, which fine-tuning takes from the artifact;
+  set here too, so the stage's recorded settings name the network that is trained."""
   c = configs.load(f"configs/finetune.py:{mode}_cpu")
   with c.unlocked():
+    for k, v in model.items():
+      c.model[k] = v
     c.finetune.init = init
     c.seed = p.seed + seed_offset
     if mode == "offline":
