@@ -33,7 +33,7 @@ def main(argv):
     raise app.UsageError("--config=configs/finetune.py:PRESET and --workdir are required.")
   backbone = _BACKBONE.value or config.finetune.backbone
   with errors.input_checks():  # Before JAX starts: its CPU runtime is the artifact's encoder's.
-    info = finetuning.check(config, backbone)
+    info = finetuning.check(config, backbone, workdir)
   app_lib.start_jax(_DISTRIBUTED, info["architecture"]["encoder"])
   train.finetune(config, workdir, backbone, info)
 

@@ -340,14 +340,21 @@ def test_a_killed_local_run_resumes_with_its_replay(repo, pretrained, tmp_path):
 
 
 def test_bad_backend_input(repo, pretrained, tmp_path):
+  """Refused before JAX starts (start-up prints the XLA:CPU runtime) or the backbone loads."""
   result = run_module(repo, "launch.finetune", *_args(pretrained, tmp_path / "a", backend="foo"))
   assert result.returncode != 0 and "config.online.replay='foo'" in result.stderr
+  assert "XLA:CPU runtime" not in result.stdout
   result = run_module(repo, "launch.finetune", *_args(
       pretrained, tmp_path / "b", "--config.online.replay_address=localhost:1", backend="local"))
   assert result.returncode != 0 and "set config.online.replay=reverb" in result.stderr
+  assert "XLA:CPU runtime" not in result.stdout
+  result = run_module(repo, "launch.finetune", *_args(
+      pretrained, tmp_path / "d", "--config.online.mode=99", backend="local"))
+  assert result.returncode != 0 and "freeway has no mode 99" in result.stderr
+  assert "XLA:CPU runtime" not in result.stdout
   if not reverb_installed():
     result = run_module(repo, "launch.finetune", *_args(pretrained, tmp_path / "c"))
     assert result.returncode != 0 and "needs dm-reverb" in result.stderr, result.stderr[-2000:]
-    assert "pinned stack" in result.stderr
-  for d in "abc":
+    assert "pinned stack" in result.stderr and "XLA:CPU runtime" not in result.stdout
+  for d in "abcd":
     assert not os.path.exists(tmp_path / d / "checkpoints")

@@ -23,10 +23,12 @@ INITS = ("pretrained", "scratch")
 MODES = ("offline", "online")
 
 
-def check(config, backbone_path: str) -> dict:
-  """Checks the fine-tuning fields and the artifact's description (no JAX computation: it runs
-  before JAX starts, whose CPU runtime depends on the artifact's encoder). Game names become
-  canonical ("Pong" -> "pong"), so heads are matched by game. Returns the description."""
+def check(config, backbone_path: str, workdir: Optional[str] = None) -> dict:
+  """Checks the fine-tuning fields, the online settings (`online.check_online_settings`;
+  `workdir`: also that it holds no replay of the other backend) and the artifact's description
+  (no JAX computation: it runs before JAX starts, whose CPU runtime depends on the artifact's
+  encoder). Game names become canonical ("Pong" -> "pong"), so heads are matched by game.
+  Returns the description."""
   f = config.finetune
   if f.init not in INITS:
     raise ValueError(f"config.finetune.init={f.init!r}: choose one of {INITS}.")
@@ -37,6 +39,9 @@ def check(config, backbone_path: str) -> dict:
                      "a scratch run needs it too, for the architecture.")
   with config.unlocked():
     config.games = games.canonical_names(config.games)
+  if f.mode == "online":
+    from scaled_ql.train import online  # pylint: disable=g-import-not-at-top
+    online.check_online_settings(config, workdir)
   return export.read_info(backbone_path)
 
 
@@ -84,7 +89,7 @@ def finetune(config, workdir: str, backbone_path: str, info: Optional[dict] = No
   online. Returns the loop's Result."""
   with errors.input_checks():
     if info is None:
-      info = check(config, backbone_path)
+      info = check(config, backbone_path, workdir)
     initial, meta = prepare(config, backbone_path, info)
   print(describe(config, meta), flush=True)
   if config.finetune.mode == "online":

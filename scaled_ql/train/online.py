@@ -94,6 +94,19 @@ def check_backend(config, workdir: Optional[str] = None) -> str:
 
 def check_online_config(config, workdir: Optional[str] = None) -> None:
   """Every check that can fail before the replay, the actors or the learner start."""
+  check_online_settings(config, workdir)
+  if jax.process_count() > 1:
+    raise ValueError("online fine-tuning runs on one host (its devices may be many).")
+  o = config.online
+  if o.replay_address:
+    from scaled_ql import replay  # pylint: disable=g-import-not-at-top  (Reverb on use)
+    replay.check_address(o.replay_address, min(o.timeout_s, 10.0))
+
+
+def check_online_settings(config, workdir: Optional[str] = None) -> None:
+  """The checks of `check_online_config` that need neither JAX started nor a server: the
+  backend, the variant, the sizes, the seeding data (`finetuning.check` runs them before JAX
+  starts, so bad input fails in about a second)."""
   o = config.online
   backend = check_backend(config, workdir)
   game = games.get_game(o.game)
@@ -136,11 +149,6 @@ def check_online_config(config, workdir: Optional[str] = None) -> None:
   if o.keep_offline and o.offline_transitions:
     data.split_fractions(config.batch_size, {"offline": o.offline_fraction,
                                              "online": 1.0 - o.offline_fraction})
-  if jax.process_count() > 1:
-    raise ValueError("online fine-tuning runs on one host (its devices may be many).")
-  if o.replay_address:
-    from scaled_ql import replay  # pylint: disable=g-import-not-at-top  (Reverb on use)
-    replay.check_address(o.replay_address, min(o.timeout_s, 10.0))
 
 
 def offline_episodes(config):
