@@ -331,3 +331,30 @@ def test_online_arms_explore_by_their_schedules():
   assert pretrained.online.epsilon_decay_steps == 1_000
   assert (scratch.online.epsilon_start, pretrained.online.epsilon_start) == (1.0, 0.3)
   assert scratch.online.replay == pretrained.online.replay == "local"
+
+
+
+def test_online_curves_average_each_tenth_over_the_seeds_that_have_it(tmp_path):
+  """A tenth of the budget where no episode of any seed ended is left out (NaN, no warning);
+  the others are each seed's mean return there, averaged over the seeds with one."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from scaled_ql.reproduce import report  # pylint: disable=g-import-not-at-top
+  from scaled_ql.train import online_log  # pylint: disable=g-import-not-at-top
+  p = dataclasses.replace(reproduce.plan("test"), seeds=2, finetune_online_env_steps=1000)
+  stages = reproduce.Stages(str(tmp_path / "w"), log=lambda _: None, provenance={})
+  returns = {("pretrained", 0): [(50, 1.0), (60, 3.0), (950, 10.0)],
+             ("pretrained", 1): [(40, 5.0)],
+             ("scratch", 0): [(150, 2.0)], ("scratch", 1): []}
+  for (init, k), points in returns.items():
+    folder = stages.path(reproduce.plans.seed_stage(f"transfer/online_{init}", k))
+    os.makedirs(folder)
+    online_log.append_returns(folder, points)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    curves = report.online_curve_values(stages, p)
+    assert report.online_curves(stages, p, str(tmp_path / "c.png")) == str(tmp_path / "c.png")
+  assert curves["pretrained"][0] == 3.5 and curves["pretrained"][9] == 10.0
+  assert np.isnan(curves["pretrained"][1:9]).all()
+  assert curves["scratch"][1] == 2.0 and np.isnan(np.delete(curves["scratch"], 1)).all()
+  assert os.path.getsize(tmp_path / "c.png") > 0

@@ -294,9 +294,30 @@ def transfer_section(p: Plan, arms: dict, baselines: dict, curves: Optional[str]
 
 
 def online_curves(stages, p: Plan, path: str) -> Optional[str]:
-  """Each online arm's mean episode return per tenth of the env-step budget, over its seeds."""
-  if not p.finetune_online_env_steps:
+  """Plots `online_curve_values` at `path` (None: no online stage, or no episode ended)."""
+  curves = online_curve_values(stages, p) if p.finetune_online_env_steps else {}
+  if not curves:
     return None
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(6.5, 3.8), dpi=110, layout="constrained")
+  ax = fig.add_subplot()
+  edges = np.linspace(0, p.finetune_online_env_steps, 11)
+  centres = (edges[:-1] + edges[1:]) / 2
+  for init, ys in curves.items():
+    ax.plot(centres, ys, marker="o", label=f"{init} ({p.seeds} seeds)")
+  ax.set_xlabel("env steps")
+  ax.set_ylabel("episode return")
+  ax.set_title(f"Online fine-tuning on {p.variant[0]} mode {p.variant[1]} difficulty "
+               f"{p.variant[2]}")
+  ax.legend()
+  fig.savefig(path)
+  return path
+
+
+def online_curve_values(stages, p: Plan) -> dict:
+  """{arm: its mean episode return in each tenth of the env-step budget}: each seed's mean
+  over the episodes that ended in that tenth, averaged over the seeds that have one (NaN where
+  none has)."""
   edges = np.linspace(0, p.finetune_online_env_steps, 11)
   curves = {}
   for init in ("pretrained", "scratch"):
@@ -310,20 +331,10 @@ def online_curves(stages, p: Plan, path: str) -> Optional[str]:
       bins = np.clip(np.digitize(steps, edges[1:-1]), 0, 9)
       per_seed.append([rets[bins == i].mean() if np.any(bins == i) else np.nan
                        for i in range(10)])
-    if per_seed:
-      curves[init] = np.nanmean(np.array(per_seed, float), axis=0)
-  if not curves:
-    return None
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(6.5, 3.8), dpi=110, layout="constrained")
-  ax = fig.add_subplot()
-  centres = (edges[:-1] + edges[1:]) / 2
-  for init, ys in curves.items():
-    ax.plot(centres, ys, marker="o", label=f"{init} ({p.seeds} seeds)")
-  ax.set_xlabel("env steps")
-  ax.set_ylabel("episode return")
-  ax.set_title(f"Online fine-tuning on {p.variant[0]} mode {p.variant[1]} difficulty "
-               f"{p.variant[2]}")
-  ax.legend()
-  fig.savefig(path)
-  return path
+    if per_seed:  # np.nanmean's sums and counts, without its warning for an empty tenth.
+      values = np.array(per_seed, float)
+      have = ~np.isnan(values)
+      count = have.sum(axis=0)
+      curves[init] = np.where(count > 0, np.where(have, values, 0.0).sum(axis=0)
+                              / np.maximum(count, 1), np.nan)
+  return curves
