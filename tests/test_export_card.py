@@ -44,14 +44,15 @@ def evaluated(pretrained, repo, tmp_path_factory):
   workdir = root / "run"
   shutil.copytree(pretrained["workdir"], workdir)
   result = run_module(repo, "launch.evaluate", f"--checkpoint={workdir}", "--episodes=2",
-                      "--max_steps_per_episode=40")
+                      "--max_steps_per_episode=40", "--baselines=random,constant",
+                      "--baseline_cache=")
   assert result.returncode == 0, result.stderr[-3000:]
   out = root / "b"
   result = run_module(repo, "launch.export", f"--workdir={workdir}", f"--out={out}",
                       "--formats=safetensors,stablehlo,card")
   assert result.returncode == 0, result.stderr[-3000:]
-  agent, _, _ = results.read(str(workdir))
-  return str(out), agent
+  agent, baselines, _ = results.read(str(workdir))
+  return str(out), agent, baselines
 
 
 def _card(path):
@@ -62,7 +63,7 @@ def _card(path):
 
 
 def test_card_front_matter_scores_and_sections(evaluated):
-  out, agent = evaluated
+  out, agent, baselines = evaluated
   meta, body = _card(out)
   assert meta["library_name"] == "scaled-ql" and meta["license"]
   assert {"reinforcement-learning", "atari", "safetensors"} <= set(meta["tags"])
@@ -77,6 +78,17 @@ def test_card_front_matter_scores_and_sections(evaluated):
     assert section in body, section
   assert "sticky actions 0.25" in body and "epsilon 0.001" in body
   assert "cut at 40 agent steps" in body  # the shorter cap is said, not hidden
+  # The baselines scored with it, the best constant action named: the floor is on the card.
+  assert [b.label for b in baselines] == ["random", "best constant action"]
+  assert "| game | agent | random | best constant action |" in body
+  constant = baselines[1]
+  for g in agent.games:
+    action = constant.settings["best"][g.game]["action"]
+    row = (f"| {g.game} (best constant: {action}) | {g.mean_return:.2f} | "
+           f"{baselines[0].game(g.game).mean_return:.2f} | "
+           f"{constant.game(g.game).mean_return:.2f} |")
+    assert row in body, row
+  assert f"| IQM HNS [95% CI] | {agent.aggregates.iqm.value:.4f} [" in body
   assert "arXiv" in body and "2211.15144" in body
   assert "StableHLO compatibility is time-limited" in body
   assert "`model.safetensors`" in body and "`params`" not in body  # only the files written
@@ -92,6 +104,7 @@ def test_card_of_an_unevaluated_run_claims_no_score(pretrained, repo, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   meta, body = _card(str(tmp_path / "b"))
   assert "model-index" not in meta and "**not evaluated**" in body
+  assert "best constant action" not in body
   assert "(not exported)" in body and "policy.stablehlo" not in body
   assert sorted(os.listdir(tmp_path / "b")) == ["README.md", "backbone.json"]
   with pytest.raises(export.ArtifactError, match="without its Orbax parameters"):

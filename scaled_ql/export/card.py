@@ -38,15 +38,15 @@ _FILES = (
 
 
 def find_evaluation(workdir: Optional[str]):
-  """(agent Evaluation, checkpoint info) of WORKDIR/eval/results.json, or None."""
+  """(agent Evaluation, baseline Evaluations, checkpoint info) of WORKDIR/eval/results.json,
+  or None."""
   from scaled_ql.evaluation import results  # pylint: disable=g-import-not-at-top
   if not workdir or not os.path.exists(os.path.join(workdir, "eval", results.RESULTS_FILE)):
     return None
   try:
-    agent, _, checkpoint = results.read(os.path.join(workdir, "eval"))
+    return results.read(os.path.join(workdir, "eval"))
   except (OSError, ValueError, KeyError, TypeError):
     return None  # An unreadable result is not this job's input; the card says "not evaluated".
-  return agent, checkpoint
 
 
 def _front_matter(info: Mapping[str, Any], evaluation, name: str) -> str:
@@ -56,7 +56,7 @@ def _front_matter(info: Mapping[str, Any], evaluation, name: str) -> str:
                "reinforcement-learning", "offline-reinforcement-learning", "atari",
                "deep-q-learning", "scaled-q-learning", "jax", "flax", "safetensors", "onnx")]
   if evaluation is not None:
-    agent, _ = evaluation
+    agent = evaluation[0]
     lines += ["model-index:", f"- name: {name}", "  results:"]
     cap = agent.settings.get("max_steps_per_episode")
     cut = f"; episodes cut at {cap} agent steps, not the protocol's cap" if cap else ""
@@ -92,7 +92,7 @@ def _evaluation_section(info: Mapping[str, Any], evaluation) -> list[str]:
   if evaluation is None:
     return out + ["This export was **not evaluated** (no `eval/results.json` in its run); run "
                   "`python -m launch.evaluate --checkpoint=WORKDIR` and export again.", ""]
-  agent, checkpoint = evaluation
+  agent, baselines, checkpoint = evaluation
   s = agent.settings
   step = checkpoint.get("step")
   if step is not None and step != info["step"]:
@@ -114,7 +114,36 @@ def _evaluation_section(info: Mapping[str, Any], evaluation) -> list[str]:
     a = agent.aggregates
     out += ["", f"IQM human-normalized score {a.iqm.value:.4f} (95% CI [{a.iqm.low:.4f}, "
             f"{a.iqm.high:.4f}]) over {', '.join(a.games)}."]
-  return out + [""]
+  return out + [""] + _baselines_table(agent, baselines)
+
+
+def _baselines_table(agent, baselines) -> list[str]:
+  """The agent beside the baselines `launch.evaluate --baselines` scored with it (mean
+  returns, IQM); without any, a line saying the card shows no floor."""
+  if not baselines:
+    return ["No baseline was scored with this evaluation: `launch.evaluate "
+            "--baselines=random,constant,behaviour` adds them. In Atari the floor to beat is "
+            "the best constant action (one button held for whole episodes), not the random "
+            "policy.", ""]
+  policies = [agent] + list(baselines)
+  best = next((b.settings.get("best") for b in baselines if b.settings.get("best")), {})
+  out = ["Beside it, the baselines scored with it (mean episode return; the behaviour data's "
+         "from its dataset's episodes). In Atari the floor to beat is the best constant "
+         "action, not the random policy.", "",
+         "| game | " + " | ".join(p.label for p in policies) + " |",
+         "| --- |" + " ---: |" * len(policies)]
+  for g in agent.games:
+    cells = []
+    for p in policies:
+      score = p.game(g.game)
+      cells.append("n/a" if score is None else f"{score.mean_return:.2f}")
+    action = best.get(g.game, {}).get("action")
+    out.append(f"| {g.game}" + (f" (best constant: {action})" if action else "") + " | "
+               + " | ".join(cells) + " |")
+  iqms = ["n/a" if p.aggregates is None else
+          f"{p.aggregates.iqm.value:.4f} [{p.aggregates.iqm.low:.4f}, "
+          f"{p.aggregates.iqm.high:.4f}]" for p in policies]
+  return out + ["| IQM HNS [95% CI] | " + " | ".join(iqms) + " |", ""]
 
 
 def _loading_section(info: Mapping[str, Any], present: set[str]) -> list[str]:
