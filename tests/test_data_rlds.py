@@ -495,3 +495,30 @@ def test_corrupt_record_deep_in_a_stream_is_a_corrupt_data_error(tmp_path, episo
       read.append(episode)
   assert len(read) >= 6  # The first two checkpoints came through before it.
   assert isinstance(caught.value, rlds.DatasetError)
+
+
+_FOREIGN_PNGS = r"""
+import tensorflow_datasets  # Imported first: then TF 2.15's exit went wrong (below).
+from scaled_ql.data import rlds
+import numpy as np
+import tensorflow as tf
+from scaled_ql.data.rlds import records
+frame = np.arange(84 * 84, dtype=np.uint8).reshape(84, 84)
+png = tf.io.encode_png(frame[..., None]).numpy()  # Adaptive filters: not ours.
+assert records._decode_own(png) is None
+frames = records.decode_pngs([png] * 3)
+print(int((frames == frame).all()))
+"""
+
+
+def test_pngs_of_other_writers_decode_and_the_process_exits_quietly():
+  """Frames not written by us go through TensorFlow's traced decoder (where installed); the
+  process's exit prints nothing (TF 2.15 printed a TypeError from AtomicFunction.__del__)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  result = subprocess.run([sys.executable, "-c", _FOREIGN_PNGS], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                                TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0 and result.stdout.strip() == "1", result.stderr[-3000:]
+  assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, \
+      result.stderr[-3000:]

@@ -20,6 +20,7 @@ file and record.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import io
 import struct
@@ -258,6 +259,10 @@ def _foreign_decoder():
     return tf.map_fn(lambda png: tf.io.decode_png(png, channels=1), pngs,
                      fn_output_signature=tf.TensorSpec([None, None, 1], tf.uint8),
                      parallel_iterations=16)
+
+  # Dropped before the interpreter's teardown: TF 2.15's traced function, deleted after
+  # TensorFlow's modules are gone, prints a TypeError from AtomicFunction.__del__ at exit.
+  atexit.register(_foreign_decoder.cache_clear)
 
   def run(pngs):
     try:
