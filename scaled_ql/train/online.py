@@ -92,9 +92,10 @@ def check_backend(config, workdir: Optional[str] = None) -> str:
   return backend
 
 
-def check_online_config(config, workdir: Optional[str] = None) -> None:
-  """Every check that can fail before the replay, the actors or the learner start."""
-  check_online_settings(config, workdir)
+def check_online_started(config) -> None:
+  """The checks that need JAX started: one host, and the Reverb address (when one is given)
+  answering. The others, `check_online_settings`, ran before JAX started (`finetuning.check`,
+  which every online run passes through)."""
   if jax.process_count() > 1:
     raise ValueError("online fine-tuning runs on one host (its devices may be many).")
   o = config.online
@@ -104,9 +105,9 @@ def check_online_config(config, workdir: Optional[str] = None) -> None:
 
 
 def check_online_settings(config, workdir: Optional[str] = None) -> None:
-  """The checks of `check_online_config` that need neither JAX started nor a server: the
-  backend, the variant, the sizes, the seeding data (`finetuning.check` runs them before JAX
-  starts, so bad input fails in about a second)."""
+  """The checks that need neither JAX started nor a server: the backend, the variant, the
+  sizes, the seeding data (`finetuning.check` runs them before JAX starts, so bad input fails
+  in about a second; `check_online_started` the rest)."""
   o = config.online
   backend = check_backend(config, workdir)
   game = games.get_game(o.game)
@@ -201,7 +202,7 @@ class OnlineHooks:
       from scaled_ql import replay  # pylint: disable=g-import-not-at-top
       errors_ += (replay.ReplayError,)
     with errors.input_checks(*errors_):
-      check_online_config(config, self.workdir)
+      check_online_started(config)
     self.config = config
 
   def batches(self, config, names, host, hosts, counts):
